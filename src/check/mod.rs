@@ -1,0 +1,61 @@
+//! `mtls-sidecar check`: read a credential set once, apply every validation rule, and report
+//! facts and failures (text for people, JSON for scripts). Files that cannot be read are reported
+//! with their reason and the rest is still inspected, so one run shows every problem.
+
+mod report;
+
+pub(crate) use report::write_text;
+
+use std::io::Write;
+use std::time::SystemTime;
+
+pub use report::{CheckReport, FailureReport};
+
+use crate::cli::{CheckArgs, OutputFormat};
+use crate::creds::load::{read_file, LoadError};
+use crate::creds::paths::{CredentialPaths, FileRole};
+use crate::creds::validate::{inspect, Parts, Policy};
+
+/// Runs the check and writes the report; returns whether the set is valid.
+pub fn run(args: &CheckArgs, paths: &CredentialPaths, out: &mut dyn Write) -> std::io::Result<bool> {
+    let policy = args.creds.policy(args.usage);
+    let report = check(paths, &policy, SystemTime::now());
+    match args.output {
+        OutputFormat::Text => report::write_text(&report, out)?,
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut *out, &report)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(report.valid)
+}
+
+/// Loads what it can, inspects it, and assembles the report.
+pub fn check(paths: &CredentialPaths, policy: &Policy, now: SystemTime) -> CheckReport {
+    let mut load_errors: Vec<LoadError> = Vec::new();
+    let mut read = |role: FileRole, path: &std::path::Path| match read_file(role, path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            load_errors.push(e);
+            None
+        }
+    };
+    let parts = Parts {
+        cert: read(FileRole::Cert, &paths.cert),
+        key: read(FileRole::Key, &paths.key),
+        ca: read(FileRole::Ca, &paths.ca),
+        peer_ca: paths.peer_ca.as_deref().and_then(|p| read(FileRole::PeerCa, p)),
+    };
+    let inspection = inspect(parts, policy, now);
+    let failures = load_errors
+        .iter()
+        .map(|e| FailureReport::new(e.reason(), e.path(), e.to_string()))
+        .chain(
+            inspection
+                .errors
+                .iter()
+                .map(|e| FailureReport::new(e.reason(), e.path(), e.to_string())),
+        )
+        .collect();
+    CheckReport::new(paths, policy, inspection.facts, failures, inspection.bundle.is_some(), now)
+}

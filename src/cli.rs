@@ -1,0 +1,126 @@
+//! Command-line interface (clap derive). Every flag also reads `MTLS_SIDECAR_<FLAG_IN_CAPS>`; a
+//! flag on the command line wins. This module only describes flags and resolves them into the
+//! inputs of later stages; it does no I/O.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::creds::paths::{CredentialPaths, MissingPathError};
+use crate::creds::validate::{Policy, Usage};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mtls-sidecar",
+    version,
+    about = "Validate and hot-reload cert-manager mTLS credentials in a Kubernetes pod",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log line format.
+    #[arg(long, global = true, env = "MTLS_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter (e.g. `info`, `debug`, `mtls_sidecar=debug`); defaults to RUST_LOG, then `info`.
+    #[arg(long, global = true, env = "MTLS_SIDECAR_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a cert/key/CA triple once, print a report, exit 0 (valid) or 1 (invalid).
+    Check(CheckArgs),
+    /// Write a throwaway PKI into a kubelet-style volume and show how to check it.
+    Demo(DemoArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// Where one credential set lives and what its leaf must carry (SPEC "Credentials").
+#[derive(Debug, Args)]
+pub struct CredentialArgs {
+    /// A mounted kubernetes.io/tls Secret: DIR/tls.crt, DIR/tls.key, DIR/ca.crt.
+    #[arg(long, env = "MTLS_SIDECAR_CERT_DIR", value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Certificate file: leaf first, then intermediates (overrides DIR/tls.crt).
+    #[arg(long, env = "MTLS_SIDECAR_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Private key file (overrides DIR/tls.key).
+    #[arg(long, env = "MTLS_SIDECAR_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// CA bundle the leaf must chain to, e.g. from a trust-manager ConfigMap (overrides DIR/ca.crt).
+    #[arg(long, env = "MTLS_SIDECAR_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// CA bundle peers are verified against, when peers come from another CA (default: --ca).
+    #[arg(long, env = "MTLS_SIDECAR_PEER_CA", value_name = "FILE")]
+    pub peer_ca: Option<PathBuf>,
+    /// The leaf must carry this DNS SAN (repeatable; the env var takes a comma-separated list).
+    #[arg(long, env = "MTLS_SIDECAR_EXPECT_DNS", value_name = "NAME", value_delimiter = ',')]
+    pub expect_dns: Vec<String>,
+    /// The leaf must carry this URI SAN, e.g. a SPIFFE ID (repeatable; env: comma-separated).
+    #[arg(long, env = "MTLS_SIDECAR_EXPECT_URI", value_name = "URI", value_delimiter = ',')]
+    pub expect_uri: Vec<String>,
+}
+
+impl CredentialArgs {
+    pub fn paths(&self) -> Result<CredentialPaths, MissingPathError> {
+        CredentialPaths::resolve(
+            self.cert_dir.as_deref(),
+            self.cert.as_deref(),
+            self.key.as_deref(),
+            self.ca.as_deref(),
+            self.peer_ca.as_deref(),
+        )
+    }
+
+    pub fn policy(&self, usage: Usage) -> Policy {
+        Policy {
+            usage,
+            expect_dns: self.expect_dns.clone(),
+            expect_uri: self.expect_uri.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub creds: CredentialArgs,
+    /// Which role the leaf must be fit for (its extended key usage).
+    #[arg(long, env = "MTLS_SIDECAR_USAGE", value_enum, default_value_t = Usage::Server)]
+    pub usage: Usage,
+    /// Report format; `json` is a stable shape documented in the README.
+    #[arg(long, env = "MTLS_SIDECAR_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to write the demo PKI (default: a new directory under the system temp dir).
+    #[arg(long, env = "MTLS_SIDECAR_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

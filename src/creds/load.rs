@@ -1,0 +1,259 @@
+//! Reading credential files: bounded (never more than [`MAX_FILE_SIZE`] + 1 bytes, so `/dev/zero`
+//! or a huge file cannot exhaust memory), hashed, and typed by failure. Input comes from the paths
+//! of a [`CredentialPaths`]; output is a [`RawBundle`] that `validate` turns into a `Bundle`.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::paths::{CredentialPaths, FileRole};
+use crate::reason::Reason;
+
+/// Files larger than this are refused with `too_large` (SPEC: 1 MiB).
+pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
+
+/// The bytes of one credential file as read, with the SHA-256 of its content.
+#[derive(Clone)]
+pub struct RawFile {
+    pub role: FileRole,
+    pub path: PathBuf,
+    bytes: Vec<u8>,
+    sha256: [u8; 32],
+}
+
+impl RawFile {
+    /// Wraps bytes already read (used by the loader and by tests that build inputs in memory).
+    pub fn new(role: FileRole, path: impl Into<PathBuf>, bytes: Vec<u8>) -> Self {
+        let sha256 = Sha256::digest(&bytes).into();
+        RawFile {
+            role,
+            path: path.into(),
+            bytes,
+            sha256,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+}
+
+/// Never shows the content: a key file's bytes are the private key.
+impl fmt::Debug for RawFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawFile")
+            .field("role", &self.role)
+            .field("path", &self.path)
+            .field("len", &self.bytes.len())
+            .field("sha256", &hex::encode(self.sha256))
+            .finish()
+    }
+}
+
+/// Every file of one credential set, read.
+#[derive(Clone, Debug)]
+pub struct RawBundle {
+    pub cert: RawFile,
+    pub key: RawFile,
+    pub ca: RawFile,
+    pub peer_ca: Option<RawFile>,
+}
+
+impl RawBundle {
+    /// One hash over every file, so "nothing changed" is a single comparison.
+    pub fn content_hash(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for f in [Some(&self.cert), Some(&self.key), Some(&self.ca), self.peer_ca.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            h.update(f.sha256);
+        }
+        h.finalize().into()
+    }
+}
+
+/// Why a credential file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{role} {path} does not exist: check that the Secret/ConfigMap is mounted there and has this key, or point {flag} at the right file", path = path.display(), flag = role.flag())]
+    Missing { role: FileRole, path: PathBuf },
+    #[error("{role} {path} cannot be read: {detail}", path = path.display())]
+    Unreadable {
+        role: FileRole,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("{role} {path} is larger than {MAX_FILE_SIZE} bytes: this is not a PEM credential file; check what the path points at", path = path.display())]
+    TooLarge { role: FileRole, path: PathBuf },
+}
+
+impl LoadError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            LoadError::Missing { .. } => Reason::MissingFile,
+            LoadError::Unreadable { .. } => Reason::Unreadable,
+            LoadError::TooLarge { .. } => Reason::TooLarge,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            LoadError::Missing { path, .. }
+            | LoadError::Unreadable { path, .. }
+            | LoadError::TooLarge { path, .. } => path,
+        }
+    }
+}
+
+/// Reads one file, refusing directories, FIFOs and sockets and anything over the size limit.
+pub fn read_file(role: FileRole, path: &Path) -> Result<RawFile, LoadError> {
+    let io_err = |e: io::Error| classify_io(role, path, e);
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        return Err(LoadError::Unreadable {
+            role,
+            path: path.to_path_buf(),
+            detail: "it is a directory, not a file; pass the file inside it, or use --cert-dir for the directory".into(),
+        });
+    }
+    if !ft.is_file() && !is_char_device(&ft) {
+        // Opening a FIFO would block until a writer appears: refuse before open().
+        return Err(LoadError::Unreadable {
+            role,
+            path: path.to_path_buf(),
+            detail: "it is not a regular file (FIFO or socket)".into(),
+        });
+    }
+    let file = File::open(path).map_err(io_err)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(LoadError::TooLarge {
+            role,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(RawFile::new(role, path, bytes))
+}
+
+/// Reads every file of a set; the first failure wins (a reload needs all of them).
+pub fn read_bundle(paths: &CredentialPaths) -> Result<RawBundle, LoadError> {
+    Ok(RawBundle {
+        cert: read_file(FileRole::Cert, &paths.cert)?,
+        key: read_file(FileRole::Key, &paths.key)?,
+        ca: read_file(FileRole::Ca, &paths.ca)?,
+        peer_ca: paths
+            .peer_ca
+            .as_deref()
+            .map(|p| read_file(FileRole::PeerCa, p))
+            .transpose()?,
+    })
+}
+
+fn is_char_device(ft: &std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    ft.is_char_device()
+}
+
+fn classify_io(role: FileRole, path: &Path, e: io::Error) -> LoadError {
+    let path = path.to_path_buf();
+    // ENOTDIR: a path component (e.g. a dangling `..data`) is not a directory: as good as missing.
+    match e.raw_os_error() {
+        Some(libc_enoent) if libc_enoent == nix::libc::ENOENT || libc_enoent == nix::libc::ENOTDIR => {
+            return LoadError::Missing { role, path };
+        }
+        Some(code) if code == nix::libc::ELOOP => {
+            return LoadError::Unreadable {
+                role,
+                path,
+                detail: "symlink loop (too many levels of symbolic links); fix the links in the volume".into(),
+            };
+        }
+        Some(code) if code == nix::libc::EACCES => {
+            return LoadError::Unreadable {
+                role,
+                path,
+                detail: format!(
+                    "permission denied for UID {}; make it readable (Secret volume defaultMode, or the pod's fsGroup)",
+                    nix::unistd::getuid()
+                ),
+            };
+        }
+        _ => {}
+    }
+    LoadError::Unreadable {
+        role,
+        path,
+        detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_file(FileRole::Cert, &dir.path().join("tls.crt")).unwrap_err();
+        assert_eq!(err.reason(), Reason::MissingFile);
+        assert!(err.to_string().contains("tls.crt"), "{err}");
+    }
+
+    #[test]
+    fn dangling_parent_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("nowhere", dir.path().join("..data")).unwrap();
+        let err = read_file(FileRole::Key, &dir.path().join("..data/tls.key")).unwrap_err();
+        assert_eq!(err.reason(), Reason::MissingFile);
+    }
+
+    #[test]
+    fn symlink_loop_is_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("..data", dir.path().join("..data")).unwrap();
+        let err = read_file(FileRole::Cert, &dir.path().join("..data/tls.crt")).unwrap_err();
+        assert_eq!(err.reason(), Reason::Unreadable);
+        assert!(err.to_string().contains("symlink loop"), "{err}");
+    }
+
+    #[test]
+    fn dev_zero_is_too_large_without_reading_it_all() {
+        let err = read_file(FileRole::Cert, Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(err.reason(), Reason::TooLarge);
+    }
+
+    #[test]
+    fn directory_is_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_file(FileRole::Ca, dir.path()).unwrap_err();
+        assert_eq!(err.reason(), Reason::Unreadable);
+    }
+
+    #[test]
+    fn file_at_limit_is_read_and_one_more_byte_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![b'a'; MAX_FILE_SIZE as usize]).unwrap();
+        assert!(read_file(FileRole::Cert, &p).is_ok());
+        std::fs::write(&p, vec![b'a'; MAX_FILE_SIZE as usize + 1]).unwrap();
+        assert_eq!(read_file(FileRole::Cert, &p).unwrap_err().reason(), Reason::TooLarge);
+    }
+
+    #[test]
+    fn debug_never_shows_content() {
+        let f = RawFile::new(FileRole::Key, "/k", b"SECRET-KEY-BYTES".to_vec());
+        assert!(!format!("{f:?}").contains("SECRET"));
+    }
+}
