@@ -68,10 +68,20 @@ pub struct CredentialArgs {
     #[arg(long, env = "MTLS_SIDECAR_PEER_CA", value_name = "FILE")]
     pub peer_ca: Option<PathBuf>,
     /// The leaf must carry this DNS SAN (repeatable; the env var takes a comma-separated list).
-    #[arg(long, env = "MTLS_SIDECAR_EXPECT_DNS", value_name = "NAME", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_EXPECT_DNS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
     pub expect_dns: Vec<String>,
     /// The leaf must carry this URI SAN, e.g. a SPIFFE ID (repeatable; env: comma-separated).
-    #[arg(long, env = "MTLS_SIDECAR_EXPECT_URI", value_name = "URI", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_EXPECT_URI",
+        value_name = "URI",
+        value_delimiter = ','
+    )]
     pub expect_uri: Vec<String>,
 }
 

@@ -17,7 +17,11 @@ use crate::creds::paths::{CredentialPaths, FileRole};
 use crate::creds::validate::{inspect, Parts, Policy};
 
 /// Runs the check and writes the report; returns whether the set is valid.
-pub fn run(args: &CheckArgs, paths: &CredentialPaths, out: &mut dyn Write) -> std::io::Result<bool> {
+pub fn run(
+    args: &CheckArgs,
+    paths: &CredentialPaths,
+    out: &mut dyn Write,
+) -> std::io::Result<bool> {
     let policy = args.creds.policy(args.usage);
     let report = check(paths, &policy, SystemTime::now());
     match args.output {
@@ -44,7 +48,10 @@ pub fn check(paths: &CredentialPaths, policy: &Policy, now: SystemTime) -> Check
         cert: read(FileRole::Cert, &paths.cert),
         key: read(FileRole::Key, &paths.key),
         ca: read(FileRole::Ca, &paths.ca),
-        peer_ca: paths.peer_ca.as_deref().and_then(|p| read(FileRole::PeerCa, p)),
+        peer_ca: paths
+            .peer_ca
+            .as_deref()
+            .and_then(|p| read(FileRole::PeerCa, p)),
     };
     let inspection = inspect(parts, policy, now);
     let failures = load_errors
@@ -57,5 +64,12 @@ pub fn check(paths: &CredentialPaths, policy: &Policy, now: SystemTime) -> Check
                 .map(|e| FailureReport::new(e.reason(), e.path(), e.to_string())),
         )
         .collect();
-    CheckReport::new(paths, policy, inspection.facts, failures, inspection.bundle.is_some(), now)
+    CheckReport::new(
+        paths,
+        policy,
+        inspection.facts,
+        failures,
+        inspection.bundle.is_some(),
+        now,
+    )
 }

@@ -9,7 +9,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::creds::paths::CredentialPaths;
-use crate::creds::validate::{human_span, rfc3339, CertFacts, ChainStatus, Facts, KeyFacts, Policy, Usage};
+use crate::creds::validate::{
+    human_span, rfc3339, CertFacts, ChainStatus, Facts, KeyFacts, Policy, Usage,
+};
 use crate::reason::Reason;
 
 /// The whole report. Field order is the JSON order.
@@ -105,7 +107,11 @@ pub(crate) fn write_text(r: &CheckReport, out: &mut dyn Write) -> io::Result<()>
         writeln!(out, "  sha256      {}", f.sha256)?;
         writeln!(out, "  sans        {}", list_or(&f.sans, "(none)"))?;
         writeln!(out, "  public key  {}", f.public_key)?;
-        writeln!(out, "  ekus        {}", list_or(&f.ekus, "(no EKU extension: any usage)"))?;
+        writeln!(
+            out,
+            "  ekus        {}",
+            list_or(&f.ekus, "(no EKU extension: any usage)")
+        )?;
         writeln!(out, "  not before  {}", rfc3339(f.not_before))?;
         let left = if leaf.seconds_left >= 0 {
             format!("{} left", human_span(leaf.seconds_left))
@@ -114,7 +120,12 @@ pub(crate) fn write_text(r: &CheckReport, out: &mut dyn Write) -> io::Result<()>
         };
         writeln!(out, "  not after   {} ({left})", rfc3339(f.not_after))?;
         for i in &r.intermediates {
-            writeln!(out, "  intermediate {} (until {})", i.subject, rfc3339(i.not_after))?;
+            writeln!(
+                out,
+                "  intermediate {} (until {})",
+                i.subject,
+                rfc3339(i.not_after)
+            )?;
         }
     }
     writeln!(out, "private key   {}", r.files.key.display())?;
@@ -131,7 +142,11 @@ pub(crate) fn write_text(r: &CheckReport, out: &mut dyn Write) -> io::Result<()>
         ChainStatus::NotChecked => "not checked (an input is unusable)".into(),
     };
     writeln!(out, "chain         {chain}")?;
-    writeln!(out, "usage         {}", format!("{:?}", r.usage).to_lowercase())?;
+    writeln!(
+        out,
+        "usage         {}",
+        format!("{:?}", r.usage).to_lowercase()
+    )?;
     for f in &r.failures {
         writeln!(out, "FAIL {}: {}", f.reason, f.message)?;
     }
@@ -139,11 +154,20 @@ pub(crate) fn write_text(r: &CheckReport, out: &mut dyn Write) -> io::Result<()>
         writeln!(out, "result        valid")
     } else {
         let n = r.failures.len();
-        writeln!(out, "result        INVALID ({n} problem{})", if n == 1 { "" } else { "s" })
+        writeln!(
+            out,
+            "result        INVALID ({n} problem{})",
+            if n == 1 { "" } else { "s" }
+        )
     }
 }
 
-fn write_bundle(out: &mut dyn Write, title: &str, path: &Path, certs: &[CertFacts]) -> io::Result<()> {
+fn write_bundle(
+    out: &mut dyn Write,
+    title: &str,
+    path: &Path,
+    certs: &[CertFacts],
+) -> io::Result<()> {
     writeln!(out, "{title:<13} {}", path.display())?;
     for c in certs {
         let ca = if c.is_ca { "" } else { " NOT A CA" };

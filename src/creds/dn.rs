@@ -34,7 +34,12 @@ fn push_atv(out: &mut String, atv: &AttributeTypeAndValue<'_>) {
         }
         // RFC 2253 2.4: unknown types use the dotted OID and the value's DER as #hex.
         _ => {
-            let _ = write!(out, "{}=#{}", short_name(&oid).unwrap_or(&oid), hex::encode(atv.attr_value().data));
+            let _ = write!(
+                out,
+                "{}=#{}",
+                short_name(&oid).unwrap_or(&oid),
+                hex::encode(atv.attr_value().data)
+            );
         }
     }
 }

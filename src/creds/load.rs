@@ -70,9 +70,14 @@ impl RawBundle {
     /// One hash over every file, so "nothing changed" is a single comparison.
     pub fn content_hash(&self) -> [u8; 32] {
         let mut h = Sha256::new();
-        for f in [Some(&self.cert), Some(&self.key), Some(&self.ca), self.peer_ca.as_ref()]
-            .into_iter()
-            .flatten()
+        for f in [
+            Some(&self.cert),
+            Some(&self.key),
+            Some(&self.ca),
+            self.peer_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             h.update(f.sha256);
         }
@@ -170,14 +175,18 @@ fn classify_io(role: FileRole, path: &Path, e: io::Error) -> LoadError {
     let path = path.to_path_buf();
     // ENOTDIR: a path component (e.g. a dangling `..data`) is not a directory: as good as missing.
     match e.raw_os_error() {
-        Some(libc_enoent) if libc_enoent == nix::libc::ENOENT || libc_enoent == nix::libc::ENOTDIR => {
+        Some(libc_enoent)
+            if libc_enoent == nix::libc::ENOENT || libc_enoent == nix::libc::ENOTDIR =>
+        {
             return LoadError::Missing { role, path };
         }
         Some(code) if code == nix::libc::ELOOP => {
             return LoadError::Unreadable {
                 role,
                 path,
-                detail: "symlink loop (too many levels of symbolic links); fix the links in the volume".into(),
+                detail:
+                    "symlink loop (too many levels of symbolic links); fix the links in the volume"
+                        .into(),
             };
         }
         Some(code) if code == nix::libc::EACCES => {
@@ -248,7 +257,10 @@ mod tests {
         std::fs::write(&p, vec![b'a'; MAX_FILE_SIZE as usize]).unwrap();
         assert!(read_file(FileRole::Cert, &p).is_ok());
         std::fs::write(&p, vec![b'a'; MAX_FILE_SIZE as usize + 1]).unwrap();
-        assert_eq!(read_file(FileRole::Cert, &p).unwrap_err().reason(), Reason::TooLarge);
+        assert_eq!(
+            read_file(FileRole::Cert, &p).unwrap_err().reason(),
+            Reason::TooLarge
+        );
     }
 
     #[test]

@@ -105,8 +105,8 @@ mod tests {
 
     #[test]
     fn cert_dir_gives_secret_names() {
-        let p = CredentialPaths::resolve(Some(Path::new("/etc/tls")), None, None, None, None)
-            .unwrap();
+        let p =
+            CredentialPaths::resolve(Some(Path::new("/etc/tls")), None, None, None, None).unwrap();
         assert_eq!(p.cert, Path::new("/etc/tls/tls.crt"));
         assert_eq!(p.key, Path::new("/etc/tls/tls.key"));
         assert_eq!(p.ca, Path::new("/etc/tls/ca.crt"));
@@ -129,8 +129,8 @@ mod tests {
 
     #[test]
     fn without_dir_every_file_is_required() {
-        let err = CredentialPaths::resolve(None, Some(Path::new("c")), None, None, None)
-            .unwrap_err();
+        let err =
+            CredentialPaths::resolve(None, Some(Path::new("c")), None, None, None).unwrap_err();
         assert_eq!(err.flag, "--key");
         assert!(err.to_string().contains("--cert-dir"));
     }

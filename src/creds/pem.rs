@@ -113,7 +113,10 @@ mod tests {
 
     #[test]
     fn crlf_and_surrounding_text_are_accepted() {
-        let text = format!("subject=CN=x\r\nissuer=CN=y\r\n{}trailing words\r\n", CERT_BLOCK.replace('\n', "\r\n"));
+        let text = format!(
+            "subject=CN=x\r\nissuer=CN=y\r\n{}trailing words\r\n",
+            CERT_BLOCK.replace('\n', "\r\n")
+        );
         let (shape, d) = decode(text.as_bytes()).unwrap();
         assert_eq!(shape, Shape::Pem);
         assert_eq!(d.certs.len(), 1);
@@ -148,6 +151,9 @@ mod tests {
         let text = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMAMCAQA=\n-----END ENCRYPTED PRIVATE KEY-----\n";
         let (_, d) = decode(text.as_bytes()).unwrap();
         assert!(d.keys.is_empty());
-        assert_eq!(d.unsupported_key_labels().collect::<Vec<_>>(), ["ENCRYPTED PRIVATE KEY"]);
+        assert_eq!(
+            d.unsupported_key_labels().collect::<Vec<_>>(),
+            ["ENCRYPTED PRIVATE KEY"]
+        );
     }
 }

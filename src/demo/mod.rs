@@ -34,7 +34,11 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<PathBuf> {
         volume::write_generation(&dir.join(name), &files)
             .with_context(|| format!("writing the {name} volume under {}", dir.display()))?;
     }
-    writeln!(out, "demo PKI written to {} (kubelet layout: ..data -> timestamped dir)\n", dir.display())?;
+    writeln!(
+        out,
+        "demo PKI written to {} (kubelet layout: ..data -> timestamped dir)\n",
+        dir.display()
+    )?;
     for (name, usage) in [("server", Usage::Server), ("client", Usage::Client)] {
         let paths = CredentialPaths::resolve(Some(&dir.join(name)), None, None, None, None)?;
         let policy = Policy {
@@ -53,9 +57,21 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<PathBuf> {
 fn write_next_steps(out: &mut dyn Write, dir: &Path) -> std::io::Result<()> {
     let d = dir.display();
     writeln!(out, "try next:")?;
-    writeln!(out, "  mtls-sidecar check --cert-dir {d}/server --expect-dns api.production.svc.cluster.local")?;
-    writeln!(out, "  mtls-sidecar check --cert-dir {d}/client --usage client --output json")?;
-    writeln!(out, "  mtls-sidecar check --cert-dir {d}/client   # a client cert used as server: wrong_usage")?;
+    writeln!(
+        out,
+        "  mtls-sidecar check --cert-dir {d}/server --expect-dns api.production.svc.cluster.local"
+    )?;
+    writeln!(
+        out,
+        "  mtls-sidecar check --cert-dir {d}/client --usage client --output json"
+    )?;
+    writeln!(
+        out,
+        "  mtls-sidecar check --cert-dir {d}/client   # a client cert used as server: wrong_usage"
+    )?;
     writeln!(out, "  mtls-sidecar check --cert {d}/server/tls.crt --key {d}/client/tls.key --ca {d}/server/ca.crt   # key_mismatch")?;
-    writeln!(out, "(the TLS proxy part of the demo comes with `mtls-sidecar server`; see README \"Status\")")
+    writeln!(
+        out,
+        "(the TLS proxy part of the demo comes with `mtls-sidecar server`; see README \"Status\")"
+    )
 }

@@ -24,8 +24,10 @@ impl DemoPki {
         let now = OffsetDateTime::now_utc();
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::default();
-        ca.distinguished_name.push(DnType::OrganizationName, "Example Org");
-        ca.distinguished_name.push(DnType::CommonName, "mtls-sidecar demo CA");
+        ca.distinguished_name
+            .push(DnType::OrganizationName, "Example Org");
+        ca.distinguished_name
+            .push(DnType::CommonName, "mtls-sidecar demo CA");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         ca.not_before = now - Duration::hours(1);
@@ -37,18 +39,24 @@ impl DemoPki {
             "api.production.svc.cluster.local".to_string(),
             "localhost".to_string(),
         ])?;
-        server.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
         server
             .distinguished_name
             .push(DnType::CommonName, "api.production.svc.cluster.local");
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
 
         let mut client = CertificateParams::default();
-        client.distinguished_name.push(DnType::OrganizationName, "Example Org");
+        client
+            .distinguished_name
+            .push(DnType::OrganizationName, "Example Org");
         client
             .distinguished_name
             .push(DnType::OrganizationalUnitName, "Web Services");
-        client.distinguished_name.push(DnType::CommonName, "web-app");
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "web-app");
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
 
         let leaf = |mut params: CertificateParams| -> Result<DemoLeaf, rcgen::Error> {

@@ -56,8 +56,11 @@ pub(super) fn verify(input: &ChainInput<'_>) -> Result<String, ValidateError> {
         ca: input.ca_path.to_path_buf(),
         detail,
     };
-    let leaf = EndEntityCert::try_from(&input.chain[0])
-        .map_err(|e| fail(format!("the leaf certificate cannot be parsed for path building ({e:?})")))?;
+    let leaf = EndEntityCert::try_from(&input.chain[0]).map_err(|e| {
+        fail(format!(
+            "the leaf certificate cannot be parsed for path building ({e:?})"
+        ))
+    })?;
     let algs = rustls::crypto::aws_lc_rs::default_provider()
         .signature_verification_algorithms
         .all;
@@ -92,7 +95,11 @@ fn explain(
     fail: impl Fn(String) -> ValidateError,
 ) -> ValidateError {
     use webpki::Error as E;
-    let top = input.chain_facts.last().map(|f| f.issuer.as_str()).unwrap_or("");
+    let top = input
+        .chain_facts
+        .last()
+        .map(|f| f.issuer.as_str())
+        .unwrap_or("");
     let cas = input
         .anchor_subjects
         .iter()

@@ -20,12 +20,8 @@ pub enum ValidateError {
     NoCertificate { path: PathBuf, hint: String },
     #[error("{path} holds no private key: {hint}", path = path.display())]
     NoPrivateKey { path: PathBuf, hint: String },
-    #[error("{path} holds {count} private keys; it must hold exactly one, the key of the first certificate in {cert}", path = path.display(), cert = cert.display())]
-    MultiplePrivateKeys {
-        path: PathBuf,
-        cert: PathBuf,
-        count: usize,
-    },
+    #[error("{path} holds {count} private keys; it must hold exactly one, the key of the leaf certificate (remove the others)", path = path.display())]
+    MultiplePrivateKeys { path: PathBuf, count: usize },
     #[error("{path}: {what} is not supported; use RSA 2048-8192, ECDSA P-256/P-384 or Ed25519 (cert-manager privateKey.algorithm/size), unencrypted PEM", path = path.display())]
     UnsupportedKey { path: PathBuf, what: String },
     #[error("{path}: RSA key of {bits} bits is too weak; issue a new certificate with at least 2048 bits (cert-manager privateKey.size: 2048)", path = path.display())]

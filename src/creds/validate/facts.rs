@@ -16,12 +16,18 @@ use crate::creds::dn;
 #[serde(tag = "type")]
 pub enum KeyKind {
     #[serde(rename = "RSA")]
-    Rsa { bits: u32 },
+    Rsa {
+        bits: u32,
+    },
     #[serde(rename = "ECDSA")]
-    Ecdsa { curve: String },
+    Ecdsa {
+        curve: String,
+    },
     Ed25519,
     #[serde(rename = "other")]
-    Other { algorithm: String },
+    Other {
+        algorithm: String,
+    },
 }
 
 impl fmt::Display for KeyKind {
@@ -160,7 +166,12 @@ impl CertFacts {
                 (v.ocsp_signing, "OCSPSigning"),
                 (v.any, "anyExtendedKeyUsage"),
             ];
-            ekus.extend(named.iter().filter(|(on, _)| *on).map(|(_, n)| n.to_string()));
+            ekus.extend(
+                named
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, n)| n.to_string()),
+            );
             ekus.extend(v.other.iter().map(|o| o.to_id_string()));
         }
         let is_ca = cert
@@ -188,7 +199,10 @@ impl CertFacts {
 
 /// Serial as /status shows it: lowercase hex without colons or DER padding.
 fn serial_hex(raw: &[u8]) -> String {
-    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
+    let start = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
     hex::encode(&raw[start..])
 }
 
@@ -208,7 +222,9 @@ fn spki_kind(cert: &X509Certificate<'_>) -> KeyKind {
             Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => KeyKind::Rsa {
                 bits: bit_len(rsa.modulus),
             },
-            _ => KeyKind::Other { algorithm: "RSA (malformed)".into() },
+            _ => KeyKind::Other {
+                algorithm: "RSA (malformed)".into(),
+            },
         },
         OID_EC => {
             let curve = spki
@@ -229,7 +245,10 @@ fn spki_kind(cert: &X509Certificate<'_>) -> KeyKind {
 
 /// RFC 3339 in UTC, second precision: `2026-11-28T04:06:42Z`.
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
+    let t = t
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }

@@ -97,9 +97,9 @@ pub(super) fn check_allowed(kind: &KeyKind, path: &Path) -> Result<(), ValidateE
             path: path.to_path_buf(),
             bits: *bits,
         }),
-        KeyKind::Rsa { bits } if *bits > 8192 => {
-            Err(unsupported(format!("an RSA key of {bits} bits (over 8192)")))
-        }
+        KeyKind::Rsa { bits } if *bits > 8192 => Err(unsupported(format!(
+            "an RSA key of {bits} bits (over 8192)"
+        ))),
         KeyKind::Rsa { .. } | KeyKind::Ed25519 => Ok(()),
         KeyKind::Ecdsa { curve } if curve == "P-256" || curve == "P-384" => Ok(()),
         KeyKind::Ecdsa { curve } => Err(unsupported(format!("an ECDSA key on {curve}"))),
@@ -129,10 +129,16 @@ mod tests {
     fn size_rules() {
         let p = Path::new("/k");
         let rsa = |bits| KeyKind::Rsa { bits };
-        assert!(matches!(check_allowed(&rsa(1024), p), Err(ValidateError::WeakKey { bits: 1024, .. })));
+        assert!(matches!(
+            check_allowed(&rsa(1024), p),
+            Err(ValidateError::WeakKey { bits: 1024, .. })
+        ));
         assert!(check_allowed(&rsa(2048), p).is_ok());
         assert!(check_allowed(&rsa(8192), p).is_ok());
-        assert!(matches!(check_allowed(&rsa(16384), p), Err(ValidateError::UnsupportedKey { .. })));
+        assert!(matches!(
+            check_allowed(&rsa(16384), p),
+            Err(ValidateError::UnsupportedKey { .. })
+        ));
         let ec = |c: &str| KeyKind::Ecdsa { curve: c.into() };
         assert!(check_allowed(&ec("P-256"), p).is_ok());
         assert!(check_allowed(&ec("P-384"), p).is_ok());

@@ -104,7 +104,7 @@ pub struct Inspection {
 /// A credential set that must not be published; `errors` is never empty.
 #[derive(Debug)]
 pub struct Rejection {
-    pub facts: Facts,
+    pub facts: Box<Facts>,
     pub errors: Vec<ValidateError>,
 }
 
@@ -121,7 +121,7 @@ pub fn validate(raw: RawBundle, policy: &Policy, now: SystemTime) -> Result<Bund
     match inspection.bundle {
         Some(bundle) => Ok(bundle),
         None => Err(Rejection {
-            facts: inspection.facts,
+            facts: Box::new(inspection.facts),
             errors: inspection.errors,
         }),
     }
@@ -158,7 +158,11 @@ pub fn inspect(parts: Parts, policy: &Policy, now: SystemTime) -> Inspection {
     let mut certified_key = None;
     if let (Some((ders, chain_facts)), Some(key_file)) = (&chain, &parts.key) {
         let leaf = &chain_facts[0];
-        let cert_path = &parts.cert.as_ref().map(|f| f.path.clone()).unwrap_or_default();
+        let cert_path = &parts
+            .cert
+            .as_ref()
+            .map(|f| f.path.clone())
+            .unwrap_or_default();
         if let Some(sk) = signing_key {
             let ck = CertifiedKey::new(ders.clone(), sk);
             match ck.keys_match() {
@@ -251,7 +255,11 @@ fn read_chain(
         (_, d) if d.certs.is_empty() => {
             errors.push(ValidateError::NoCertificate {
                 path: file.path.clone(),
-                hint: only_holds(&d.labels, "a CERTIFICATE block", "are tls.crt and tls.key swapped?"),
+                hint: only_holds(
+                    &d.labels,
+                    "a CERTIFICATE block",
+                    "are tls.crt and tls.key swapped?",
+                ),
             });
             return None;
         }
@@ -290,29 +298,40 @@ fn read_key(
         }
         (_, d) => d,
     };
-    let unsupported: Vec<String> = decoded.unsupported_key_labels().map(str::to_owned).collect();
+    let unsupported: Vec<String> = decoded
+        .unsupported_key_labels()
+        .map(str::to_owned)
+        .collect();
     let count = decoded.keys.len() + unsupported.len();
     if count == 0 {
         errors.push(ValidateError::NoPrivateKey {
             path: path.clone(),
-            hint: only_holds(&decoded.labels, "a PRIVATE KEY block", "are tls.crt and tls.key swapped?"),
+            hint: only_holds(
+                &decoded.labels,
+                "a PRIVATE KEY block",
+                "are tls.crt and tls.key swapped?",
+            ),
         });
         return None;
     }
     if count > 1 {
         errors.push(ValidateError::MultiplePrivateKeys {
             path: path.clone(),
-            cert: path.with_file_name(FileRole::Cert.secret_key()),
             count,
         });
         return None;
     }
     if let Some(label) = unsupported.first() {
         let what = match label.as_str() {
-            "ENCRYPTED PRIVATE KEY" => "an encrypted key (decrypt it with `openssl pkey -in KEY -out KEY.pem`)".to_string(),
+            "ENCRYPTED PRIVATE KEY" => {
+                "an encrypted key (decrypt it with `openssl pkey -in KEY -out KEY.pem`)".to_string()
+            }
             other => format!("a key in `{other}` format"),
         };
-        errors.push(ValidateError::UnsupportedKey { path: path.clone(), what });
+        errors.push(ValidateError::UnsupportedKey {
+            path: path.clone(),
+            what,
+        });
         return None;
     }
     // `count == 1` and no unsupported label: exactly one decoded key.
@@ -363,7 +382,11 @@ fn read_ca(file: &RawFile, errors: &mut Vec<ValidateError>) -> CaBundle {
             return out;
         }
         Some((_, d)) if d.certs.is_empty() => {
-            errors.push(empty(only_holds(&d.labels, "a CERTIFICATE block", "point --ca at the CA certificate bundle")));
+            errors.push(empty(only_holds(
+                &d.labels,
+                "a CERTIFICATE block",
+                "point --ca at the CA certificate bundle",
+            )));
             return out;
         }
         Some((_, d)) => d,
@@ -396,7 +419,10 @@ fn read_ca(file: &RawFile, errors: &mut Vec<ValidateError>) -> CaBundle {
                 Err(e) => errors.push(ValidateError::BadPem {
                     role: file.role,
                     path: file.path.clone(),
-                    detail: format!("certificate #{} cannot be used as a trust anchor ({e:?})", i + 1),
+                    detail: format!(
+                        "certificate #{} cannot be used as a trust anchor ({e:?})",
+                        i + 1
+                    ),
                 }),
             }
         }
@@ -422,7 +448,10 @@ fn decode_or_record(
         }
         Ok((Shape::NotPem { looks_like_der }, _)) => {
             errors.push(bad(if looks_like_der {
-                format!("it looks like binary DER; convert it to PEM ({})", der_hint(file.role, &file.path))
+                format!(
+                    "it looks like binary DER; convert it to PEM ({})",
+                    der_hint(file.role, &file.path)
+                )
             } else {
                 "it contains no -----BEGIN line; the file is not PEM".to_string()
             }));

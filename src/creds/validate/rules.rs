@@ -69,7 +69,11 @@ pub(super) fn usage(
     };
     let mut passed = Vec::new();
     for &(is_server, needed, usages, oid) in roles {
-        let has = if is_server { leaf.eku.server } else { leaf.eku.client };
+        let has = if is_server {
+            leaf.eku.server
+        } else {
+            leaf.eku.client
+        };
         if !leaf.eku.present || has {
             passed.push(oid);
         } else {
@@ -86,7 +90,12 @@ pub(super) fn usage(
 }
 
 /// Records `identity_mismatch` for each expected SAN the leaf lacks.
-pub(super) fn identity(leaf: &CertFacts, path: &Path, policy: &Policy, errors: &mut Vec<ValidateError>) {
+pub(super) fn identity(
+    leaf: &CertFacts,
+    path: &Path,
+    policy: &Policy,
+    errors: &mut Vec<ValidateError>,
+) {
     let present = || {
         if leaf.sans.is_empty() {
             "no SANs".to_string()

@@ -1,0 +1,7 @@
+//! Integration tests, compiled as one binary (as ripgrep does). Helpers live in `support/`.
+
+mod check_cli;
+mod check_openssl;
+mod support;
+mod support_selftest;
+mod validate_rules;

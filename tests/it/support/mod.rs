@@ -1,0 +1,55 @@
+//! Shared helpers for the integration tests: locating the binary, optional
+//! external tools, and the test PKIs (`pki`: rcgen in-process, `openssl`: the
+//! openssl CLI exactly as our users' guide drives it).
+
+// Every test module uses a different subset of these helpers, and this module is
+// private to the test binary, so `pub` items are neither all used nor reachable.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod openssl;
+pub mod pki;
+
+use std::path::{Path, PathBuf};
+
+/// The `mtls-sidecar` binary built by cargo for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mtls-sidecar"))
+}
+
+/// The full path of `name` if it is an executable file on `PATH`.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &Path) -> bool {
+    path.is_file()
+}
+
+/// True if `name` is on `PATH`. When it is missing: in CI (env `CI` set) this
+/// panics, because CI must install it; locally it prints a skip note and
+/// returns false. Use as `if !require_tool("openssl") { return; }`.
+pub fn require_tool(name: &str) -> bool {
+    if find_tool(name).is_some() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "required tool `{name}` is not on PATH; CI must install it \
+             (.ci/run installs it with apt-get)"
+        );
+    }
+    eprintln!("skipping test: `{name}` is not on PATH (install it to run this test)");
+    false
+}
