@@ -59,16 +59,20 @@ pub(super) fn usage(
     usage: Usage,
     errors: &mut Vec<ValidateError>,
 ) -> Vec<&'static [u8]> {
-    let roles: &[(bool, &'static str, &'static str, &'static [u8])] = match usage {
-        Usage::Server => &[(true, "serverAuth", "server auth", EKU_SERVER)],
-        Usage::Client => &[(false, "clientAuth", "client auth", EKU_CLIENT)],
-        Usage::Both => &[
-            (true, "serverAuth", "server auth", EKU_SERVER),
-            (false, "clientAuth", "client auth", EKU_CLIENT),
-        ],
+    // `usages` is what the cert-manager Certificate must list for the whole usage.
+    let (roles, usages): (&[(bool, &'static str, &'static [u8])], _) = match usage {
+        Usage::Server => (&[(true, "serverAuth", EKU_SERVER)], "server auth"),
+        Usage::Client => (&[(false, "clientAuth", EKU_CLIENT)], "client auth"),
+        Usage::Both => (
+            &[
+                (true, "serverAuth", EKU_SERVER),
+                (false, "clientAuth", EKU_CLIENT),
+            ],
+            "server auth, client auth",
+        ),
     };
     let mut passed = Vec::new();
-    for &(is_server, needed, usages, oid) in roles {
+    for &(is_server, needed, oid) in roles {
         let has = if is_server {
             leaf.eku.server
         } else {
