@@ -333,3 +333,26 @@ fn client_cert_with_missing_san_is_identity_mismatch() {
     );
     assert_eq!((code, reasons(&v)), (1, vec!["identity_mismatch"]));
 }
+
+#[test]
+fn rsa_8192_key_at_the_upper_bound_is_accepted() {
+    if !require_tool("openssl") {
+        return;
+    }
+    // A committed test-only key: generating 8192 bits takes ~10 s; signing with it is quick.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/rsa8192.key");
+    let pki = OpenSslPki::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = fixture.to_str().unwrap();
+    pki.sign_leaf(
+        dir.path(),
+        "big",
+        SERVER_SUBJ,
+        SERVER_EXT,
+        &["pkey", "-in", fixture, "-out", "{key}"],
+    );
+    install(pki, dir.path(), "big");
+    let (code, v) = check(dir.path(), &[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["key"]["bits"], 8192);
+}
