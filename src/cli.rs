@@ -2,7 +2,10 @@
 //! flag on the command line wins. This module only describes flags and resolves them into the
 //! inputs of later stages; it does no I/O.
 
+use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -33,6 +36,8 @@ pub struct Cli {
 pub enum Command {
     /// Validate a cert/key/CA triple once, print a report, exit 0 (valid) or 1 (invalid).
     Check(CheckArgs),
+    /// Watch the credentials; on each validated change run the action (no proxy).
+    Watch(WatchArgs),
     /// Write a throwaway PKI into a kubelet-style volume and show how to check it.
     Demo(DemoArgs),
 }
@@ -117,6 +122,70 @@ pub struct CheckArgs {
     pub output: OutputFormat,
 }
 
+/// How changes are noticed (SPEC "Credentials").
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Re-hash the files this often even without file events; `0` turns polling off.
+    #[arg(long, env = "MTLS_SIDECAR_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub poll_interval: Duration,
+    /// Quiet period after file events before reloading (a rename onto ..data reloads at once).
+    #[arg(long, env = "MTLS_SIDECAR_DEBOUNCE", value_name = "DURATION", value_parser = parse_duration, default_value = "100ms")]
+    pub debounce: Duration,
+}
+
+/// Where the admin endpoint listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Address of /healthz, /readyz, /status and /metrics, or `off`.
+    #[arg(long, env = "MTLS_SIDECAR_ADMIN_LISTEN", value_name = "ADDR", value_parser = parse_listen, default_value = "0.0.0.0:9901")]
+    pub admin_listen: Listen,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub creds: CredentialArgs,
+    /// Which role the leaf must be fit for (its extended key usage).
+    #[arg(long, env = "MTLS_SIDECAR_USAGE", value_enum, default_value_t = Usage::Server)]
+    pub usage: Usage,
+    #[command(flatten)]
+    pub reload: ReloadArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Act on the first valid bundle at start-up too (by default the app is assumed to have
+    /// started with those files).
+    #[arg(long, env = "MTLS_SIDECAR_ACT_ON_START")]
+    pub act_on_start: bool,
+    /// Program to run after each validated change (no shell), with MTLS_SIDECAR_SET,
+    /// MTLS_SIDECAR_GENERATION and MTLS_SIDECAR_SHA256 in its environment.
+    #[arg(last = true, value_name = "PROGRAM [ARGS]")]
+    pub command: Vec<OsString>,
+}
+
+/// humantime (`500ms`, `30s`, `5m`), or `0` for "off".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (use a duration like 100ms, 30s, 5m, or 0)"))
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Listen::Off);
+    }
+    s.parse()
+        .map(Listen::On)
+        .map_err(|_| format!("expected IP:PORT (e.g. 0.0.0.0:9901, [::]:9901) or `off`, got {s:?}"))
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Where to write the demo PKI (default: a new directory under the system temp dir).
@@ -132,5 +201,22 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_and_listen_addresses() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(
+            parse_duration("2160h"),
+            Ok(Duration::from_secs(2160 * 3600))
+        );
+        assert!(parse_duration("soon").unwrap_err().contains("30s"));
+        assert_eq!(parse_listen("off"), Ok(Listen::Off));
+        assert_eq!(
+            parse_listen("127.0.0.1:0"),
+            Ok(Listen::On("127.0.0.1:0".parse().unwrap()))
+        );
+        assert!(parse_listen("localhost").is_err());
     }
 }

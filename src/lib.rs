@@ -11,13 +11,28 @@
 //! - [`creds::pem`]: PEM decoding with enough detail for a diagnosis.
 //! - [`creds::validate`]: `RawBundle` -> `Bundle` (only validation can build one) or a `Rejection`.
 //! - [`creds::dn`]: RFC 2253 distinguished names, as nginx prints them.
+//! - [`creds::snapshot`]: one consistent read through kubelet's `..data` -> `RawBundle`.
+//! - [`creds::store`]: the only writer of served credentials: dedupe, generation, ArcSwap, notify.
+//! - [`watch`]: notify on parent directories + debounce + poll -> `Trigger`.
+//! - [`reload`]: per set: trigger -> snapshot -> validate -> store (with brief retries).
+//! - [`actions`]: what `watch` runs after a publish (today: the trailing `-- PROGRAM`).
+//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
+//! - [`metrics`], [`events`]: metric families, and the one place that logs and counts each event.
+//! - [`app`]: wires the stages of a long-running subcommand and shuts them down on SIGTERM.
 //! - [`check`]: the `check` subcommand: run validation once and report (text or JSON).
 //! - [`demo`]: the `demo` subcommand: a throwaway PKI in a kubelet-style volume to try things on.
 //! - [`reason`]: the SPEC reason codes shared by every stage.
 #![forbid(unsafe_code)]
 
+pub mod actions;
+pub mod admin;
+pub mod app;
 pub mod check;
 pub mod cli;
 pub mod creds;
 pub mod demo;
+pub mod events;
+pub mod metrics;
 pub mod reason;
+pub mod reload;
+pub mod watch;

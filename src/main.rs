@@ -1,13 +1,16 @@
 //! Entry point: parse flags, set up logging, run the subcommand, map the outcome to the exit
 //! codes of SPEC.md (0 ok, 1 invalid or runtime failure, 2 usage).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use mtls_sidecar::cli::{Cli, Command, LogFormat};
+use mtls_sidecar::actions::{exec::ExecAction, Action};
+use mtls_sidecar::app::{self, WatchPlan};
+use mtls_sidecar::cli::{Cli, Command, LogFormat, WatchArgs};
+use mtls_sidecar::reload::SetConfig;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -23,6 +26,13 @@ fn main() -> ExitCode {
                 Err(e) => runtime_error(&anyhow::Error::from(e)),
             },
         },
+        Command::Watch(args) => match watch_plan(args) {
+            Err(msg) => usage_error(&msg),
+            Ok(plan) => match run_async(app::run_watch(plan)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => runtime_error(&e),
+            },
+        },
         Command::Demo(args) => match mtls_sidecar::demo::run(args, &mut out) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => runtime_error(&e),
@@ -30,6 +40,45 @@ fn main() -> ExitCode {
     };
     let _ = out.flush();
     code
+}
+
+/// Checks what clap cannot (cross-flag rules) and builds the plan.
+fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
+    let paths = args.creds.paths().map_err(|e| e.to_string())?;
+    let mut actions = Vec::new();
+    if let Some((program, rest)) = args.command.split_first() {
+        actions.push(Action::Exec(ExecAction {
+            program: program.clone(),
+            args: rest.to_vec(),
+        }));
+    }
+    if actions.is_empty() {
+        return Err(
+            "watch needs an action: add `-- PROGRAM [ARGS..]` to run after each validated change"
+                .into(),
+        );
+    }
+    let set = SetConfig {
+        name: "default".into(),
+        paths,
+        policy: args.creds.policy(args.usage),
+    };
+    Ok(WatchPlan::new(
+        set,
+        &args.reload,
+        args.admin.admin_listen,
+        actions,
+        args.act_on_start,
+    ))
+}
+
+fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?;
+    rt.block_on(fut)
 }
 
 fn usage_error(msg: &str) -> ExitCode {
@@ -50,6 +99,7 @@ fn init_tracing(format: LogFormat, level: Option<&str>) {
     .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

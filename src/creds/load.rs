@@ -43,6 +43,10 @@ impl RawFile {
     pub fn sha256(&self) -> &[u8; 32] {
         &self.sha256
     }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
 }
 
 /// Never shows the content: a key file's bytes are the private key.
@@ -98,6 +102,8 @@ pub enum LoadError {
     },
     #[error("{role} {path} is larger than {MAX_FILE_SIZE} bytes: this is not a PEM credential file; check what the path points at", path = path.display())]
     TooLarge { role: FileRole, path: PathBuf },
+    #[error("{path} kept changing while being read ({attempts} attempts, the volume's ..data moved each time); will retry on the next change", path = path.display())]
+    Inconsistent { path: PathBuf, attempts: u32 },
 }
 
 impl LoadError {
@@ -106,14 +112,27 @@ impl LoadError {
             LoadError::Missing { .. } => Reason::MissingFile,
             LoadError::Unreadable { .. } => Reason::Unreadable,
             LoadError::TooLarge { .. } => Reason::TooLarge,
+            LoadError::Inconsistent { .. } => Reason::InconsistentSnapshot,
         }
+    }
+
+    /// The same error, naming the user-visible path instead of the one actually opened.
+    pub(crate) fn with_path(mut self, user_path: &Path) -> Self {
+        match &mut self {
+            LoadError::Missing { path, .. }
+            | LoadError::Unreadable { path, .. }
+            | LoadError::TooLarge { path, .. }
+            | LoadError::Inconsistent { path, .. } => *path = user_path.to_path_buf(),
+        }
+        self
     }
 
     pub fn path(&self) -> &Path {
         match self {
             LoadError::Missing { path, .. }
             | LoadError::Unreadable { path, .. }
-            | LoadError::TooLarge { path, .. } => path,
+            | LoadError::TooLarge { path, .. }
+            | LoadError::Inconsistent { path, .. } => path,
         }
     }
 }

@@ -8,4 +8,6 @@ pub mod dn;
 pub mod load;
 pub mod paths;
 pub mod pem;
+pub mod snapshot;
+pub mod store;
 pub mod validate;

@@ -1,0 +1,178 @@
+//! The admin endpoint (SPEC "Admin endpoint"), plain HTTP/1.1: `/healthz`, `/readyz`, `/status`
+//! (JSON) and `/metrics` (Prometheus text). It reads the stores and the metrics registry; it
+//! never changes them.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::creds::store::Store;
+use crate::creds::validate::rfc3339;
+use crate::metrics::Metrics;
+
+/// What the endpoint reports on.
+pub struct AdminState {
+    pub stores: Vec<Arc<Store>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Binds `addr`; the caller reports a bind failure as a usage/runtime error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await?;
+    info!(address = %listener.local_addr()?, "admin endpoint listening");
+    Ok(listener)
+}
+
+/// Serves until `cancel`.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { debug!(error = %e, "admin accept failed"); continue; }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, &req)) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is supported\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match not_ready(state) {
+            None => text(StatusCode::OK, "ready\n".into()),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        "/status" => {
+            let mut r = text(StatusCode::OK, format!("{:#}\n", status(state)));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, state.metrics.encode());
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz, /status, /metrics\n".into(),
+        ),
+    }
+}
+
+fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// `None` when every set serves valid, unexpired credentials; otherwise why not.
+pub fn not_ready(state: &AdminState) -> Option<String> {
+    let now = OffsetDateTime::now_utc();
+    let reasons: Vec<String> = state
+        .stores
+        .iter()
+        .filter_map(|s| match s.load() {
+            None => Some(match s.last_error() {
+                Some(e) => format!(
+                    "set {}: no valid credentials yet ({}: {})",
+                    s.set(),
+                    e.reason,
+                    e.message
+                ),
+                None => format!("set {}: no valid credentials yet", s.set()),
+            }),
+            Some(p) if p.bundle.leaf().not_after < now => Some(format!(
+                "set {}: the served certificate expired at {}",
+                s.set(),
+                rfc3339(p.bundle.leaf().not_after)
+            )),
+            Some(_) => None,
+        })
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
+/// The `/status` document (SPEC shape; more fields may be added).
+pub fn status(state: &AdminState) -> Value {
+    let sets: Vec<Value> = state.stores.iter().map(|s| set_status(s)).collect();
+    json!({ "sets": sets, "listeners": [] })
+}
+
+fn set_status(s: &Store) -> Value {
+    let last_error = s.last_error().map(
+        |e| json!({ "reason": e.reason.as_str(), "message": e.message, "at": time_str(e.at) }),
+    );
+    match s.load() {
+        None => json!({
+            "name": s.set(), "generation": 0, "sha256": null, "serial": null, "subject": null,
+            "sans": [], "not_before": null, "not_after": null, "loaded_at": null,
+            "last_error": last_error,
+        }),
+        Some(p) => {
+            let leaf = p.bundle.leaf();
+            json!({
+                "name": s.set(),
+                "generation": p.generation,
+                "sha256": leaf.sha256,
+                "serial": leaf.serial,
+                "subject": leaf.subject,
+                "sans": leaf.sans,
+                "not_before": rfc3339(leaf.not_before),
+                "not_after": rfc3339(leaf.not_after),
+                "loaded_at": time_str(p.loaded_at),
+                "ca_not_after": p.bundle.ca_not_after().map(rfc3339),
+                "last_error": last_error,
+            })
+        }
+    }
+}
+
+fn time_str(t: SystemTime) -> String {
+    rfc3339(OffsetDateTime::from(t))
+}

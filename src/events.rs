@@ -1,0 +1,145 @@
+//! Typed events: each function writes the log line and updates the metrics for one thing that
+//! happened, so logs and metrics cannot drift (SPEC "Logging": one line per reload with set,
+//! old and new serial, not_after, result and reason).
+
+use std::time::SystemTime;
+
+use tracing::{debug, error, info, warn};
+
+use crate::creds::store::Published;
+use crate::creds::validate::rfc3339;
+use crate::metrics::{
+    ActionLabels, InfoLabels, Metrics, SetLabels, SetReasonLabels, SetResultLabels, SetRoleLabels,
+};
+use crate::reason::Reason;
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn info_labels(set: &str, p: &Published) -> InfoLabels {
+    let leaf = p.bundle.leaf();
+    InfoLabels {
+        set: set.to_string(),
+        subject: leaf.subject.clone(),
+        serial: leaf.serial.clone(),
+        sha256: leaf.sha256.clone(),
+    }
+}
+
+pub(crate) fn reload_published(m: &Metrics, set: &str, old: Option<&Published>, new: &Published) {
+    let leaf = new.bundle.leaf();
+    info!(
+        set,
+        generation = new.generation,
+        old_serial = old.map(|p| p.bundle.leaf().serial.as_str()).unwrap_or("none"),
+        new_serial = %leaf.serial,
+        sha256 = %leaf.sha256,
+        not_after = %rfc3339(leaf.not_after),
+        result = "success",
+        "credentials published"
+    );
+    m.reloads
+        .get_or_create(&SetResultLabels {
+            set: set.into(),
+            result: "success",
+        })
+        .inc();
+    m.last_success
+        .get_or_create(&SetLabels { set: set.into() })
+        .set(unix(new.loaded_at));
+    let role = |role| SetRoleLabels {
+        set: set.into(),
+        role,
+    };
+    m.expiration
+        .get_or_create(&role("leaf"))
+        .set(leaf.not_after.unix_timestamp());
+    if let Some(ca) = new.bundle.ca_not_after() {
+        m.expiration
+            .get_or_create(&role("ca"))
+            .set(ca.unix_timestamp());
+    }
+    if let Some(old) = old {
+        m.info.remove(&info_labels(set, old));
+    }
+    m.info.get_or_create(&info_labels(set, new)).set(1);
+}
+
+pub(crate) fn reload_refused(
+    m: &Metrics,
+    set: &str,
+    reason: Reason,
+    message: &str,
+    current: Option<&Published>,
+) {
+    error!(
+        set,
+        serving_serial = current
+            .map(|p| p.bundle.leaf().serial.as_str())
+            .unwrap_or("none"),
+        result = "failure",
+        reason = reason.as_str(),
+        error = message,
+        "credentials refused; keeping the last good ones"
+    );
+    m.reloads
+        .get_or_create(&SetResultLabels {
+            set: set.into(),
+            result: "failure",
+        })
+        .inc();
+    m.reload_failures
+        .get_or_create(&SetReasonLabels {
+            set: set.into(),
+            reason: reason.as_str(),
+        })
+        .inc();
+}
+
+pub(crate) fn reload_unchanged(m: &Metrics, set: &str) {
+    debug!(set, result = "unchanged", "credentials unchanged");
+    m.reloads
+        .get_or_create(&SetResultLabels {
+            set: set.into(),
+            result: "unchanged",
+        })
+        .inc();
+}
+
+pub(crate) fn reload_waiting(set: &str, reason: Reason, message: &str) {
+    warn!(
+        set,
+        reason = reason.as_str(),
+        error = message,
+        "waiting for credentials to appear"
+    );
+}
+
+/// An action ran (or failed) after a publish.
+pub(crate) fn action_done(
+    m: &Metrics,
+    set: &str,
+    action: &'static str,
+    generation: u64,
+    outcome: Result<String, String>,
+) {
+    let result = match &outcome {
+        Ok(detail) => {
+            info!(set, action, generation, detail = %detail, "action succeeded");
+            "success"
+        }
+        Err(err) => {
+            error!(set, action, generation, error = %err, "action failed");
+            "failure"
+        }
+    };
+    m.actions
+        .get_or_create(&ActionLabels {
+            set: set.into(),
+            action,
+            result,
+        })
+        .inc();
+}

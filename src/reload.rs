@@ -1,0 +1,126 @@
+//! The reload task of one credential set: on every trigger, read one consistent snapshot,
+//! skip it if the content is what is served, validate it, and hand the result to the store.
+//! Transient states (a cert/key pair or a CA from volumes updated at different moments, a file
+//! being rewritten in place) are retried briefly before they count as a failure.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::creds::load::LoadError;
+use crate::creds::paths::CredentialPaths;
+use crate::creds::snapshot::read_snapshot;
+use crate::creds::store::Store;
+use crate::creds::validate::{validate, Policy};
+use crate::reason::Reason;
+use crate::watch::Trigger;
+
+/// What a set is made of and must satisfy.
+#[derive(Clone, Debug)]
+pub struct SetConfig {
+    pub name: String,
+    pub paths: CredentialPaths,
+    pub policy: Policy,
+}
+
+/// Pauses between attempts at an update that looks half-written (about 1.5 s in all).
+const RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+];
+
+/// Runs until `cancel`, reloading on each trigger.
+pub async fn run(
+    set: SetConfig,
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<Trigger>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let trigger = tokio::select! {
+            _ = cancel.cancelled() => return,
+            t = rx.recv() => match t { Some(t) => t, None => return },
+        };
+        debug!(set = %set.name, ?trigger, "reload triggered");
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = reload_once(&set, &store) => {}
+        }
+    }
+}
+
+/// One reload: read, dedupe, validate, publish or refuse (with brief retries).
+pub async fn reload_once(set: &SetConfig, store: &Store) {
+    let mut previous_hash = None;
+    for attempt in 0..=RETRY_DELAYS.len() {
+        if attempt > 0 {
+            tokio::time::sleep(RETRY_DELAYS[attempt - 1]).await;
+        }
+        let last_try = attempt == RETRY_DELAYS.len();
+        let paths = set.paths.clone();
+        let read = tokio::task::spawn_blocking(move || read_snapshot(&paths)).await;
+        let raw = match read {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(e)) => {
+                if is_transient_load(&e) && !last_try && store.load().is_some() {
+                    continue;
+                }
+                return refuse_load(store, e);
+            }
+            // The blocking read panicked: a bug, but never a reason to stop serving.
+            Err(join) => {
+                return store.refuse(
+                    Reason::Unreadable,
+                    format!("reading credentials failed: {join}"),
+                )
+            }
+        };
+        let hash = raw.content_hash();
+        if store.is_unchanged(&hash) {
+            return;
+        }
+        let policy = set.policy.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || validate(raw, &policy, SystemTime::now())).await;
+        match checked {
+            Ok(Ok(bundle)) => {
+                store.publish(bundle);
+                return;
+            }
+            Ok(Err(rejection)) => {
+                let e = rejection.primary();
+                let changed = previous_hash.is_some_and(|h| h != hash);
+                let cross_file = matches!(e.reason(), Reason::KeyMismatch | Reason::UntrustedChain);
+                if !last_try && (attempt == 0 || changed || cross_file) {
+                    previous_hash = Some(hash);
+                    debug!(set = %set.name, reason = %e.reason(), "update looks half-written; retrying");
+                    continue;
+                }
+                return store.refuse(e.reason(), e.to_string());
+            }
+            Err(join) => return store.refuse(Reason::BadPem, format!("validation failed: {join}")),
+        }
+    }
+}
+
+/// Files vanishing or moving may be a writer in the middle of an update.
+fn is_transient_load(e: &LoadError) -> bool {
+    matches!(
+        e,
+        LoadError::Missing { .. } | LoadError::Inconsistent { .. }
+    )
+}
+
+fn refuse_load(store: &Store, e: LoadError) {
+    if store.load().is_none() && matches!(e, LoadError::Missing { .. }) {
+        // SPEC: missing files at start-up are not an error; readiness stays false meanwhile.
+        store.waiting(e.reason(), e.to_string());
+    } else {
+        store.refuse(e.reason(), e.to_string());
+    }
+}

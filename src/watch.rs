@@ -1,0 +1,305 @@
+//! Noticing changes: a non-recursive `notify` watch on every directory that holds a credential
+//! file (never the files: kubelet replaces them by swapping `..data`), plus a poll as a safety
+//! net. Every event is only a hint; the reload task compares content hashes. Output: a
+//! [`Trigger`] on a channel that holds at most one pending trigger, so bursts coalesce.
+//!
+//! Timing: a rename onto `..data` (kubelet's commit point), a Rescan (queue overflow) or a
+//! re-created watch fires at once; other events are debounced (`--debounce`, quiet period) with
+//! a max wait so a steady stream cannot postpone a reload forever. After any fire, further
+//! events wait out the debounce, so a burst of swaps costs a few reloads, not one per swap.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Why a reload was asked for (for logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Event,
+    Commit,
+    Rescan,
+    Rewatch,
+    Poll,
+}
+
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    pub dirs: Vec<PathBuf>,
+    pub debounce: Duration,
+    /// `None`: no polling.
+    pub poll: Option<Duration>,
+}
+
+impl WatchConfig {
+    /// The longest a stream of events can postpone a reload.
+    pub fn max_wait(&self) -> Duration {
+        (self.debounce * 10).max(Duration::from_secs(1))
+    }
+}
+
+/// How often missing or replaced directories are looked for again.
+const REWATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs until `cancel`; sends triggers to `tx` (capacity-1 channel: a full channel means a
+/// reload is already pending, which is all a trigger asks for).
+pub async fn run(cfg: WatchConfig, tx: mpsc::Sender<Trigger>, cancel: CancellationToken) {
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<notify::Result<Event>>();
+    let mut watcher = match notify::recommended_watcher(move |res| {
+        let _ = raw_tx.send(res);
+    }) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "cannot create a file watcher; relying on the poll interval alone");
+            None
+        }
+    };
+    let mut watched: BTreeMap<PathBuf, Option<(u64, u64)>> =
+        cfg.dirs.iter().map(|d| (d.clone(), None)).collect();
+    let mut debounce = Debouncer::new(cfg.debounce, cfg.max_wait());
+    let mut rewatch = tokio::time::interval(REWATCH_EVERY);
+    let poll_period = cfg.poll.unwrap_or(Duration::from_secs(86_400 * 365));
+    let mut poll = tokio::time::interval_at(Instant::now() + poll_period, poll_period);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let _ = tx.try_send(Trigger::Startup);
+
+    loop {
+        let deadline = debounce.deadline();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            Some(res) = raw_rx.recv() => match res {
+                Ok(ev) => {
+                    if let Some(fire) = classify(&ev) {
+                        debug!(kind = ?ev.kind, paths = ?ev.paths, "file event");
+                        if let Some(t) = debounce.event(Instant::now(), fire) {
+                            let _ = tx.try_send(t);
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "file watcher error; re-reading everything");
+                    let _ = tx.try_send(Trigger::Rescan);
+                }
+            },
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                if let Some(t) = debounce.expire(Instant::now()) {
+                    let _ = tx.try_send(t);
+                }
+            }
+            _ = rewatch.tick() => {
+                if let Some(w) = watcher.as_mut() {
+                    if refresh_watches(w, &mut watched) {
+                        let _ = tx.try_send(Trigger::Rewatch);
+                    }
+                }
+            }
+            _ = poll.tick(), if cfg.poll.is_some() => {
+                let _ = tx.try_send(Trigger::Poll);
+            }
+        }
+    }
+}
+
+/// How an event should fire: `None` to ignore it.
+fn classify(ev: &Event) -> Option<Trigger> {
+    if ev.need_rescan() {
+        return Some(Trigger::Rescan);
+    }
+    match ev.kind {
+        // Opens and reads (ours included) change nothing; a close after writing does.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Trigger::Event),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| n == "..data")) =>
+        {
+            Some(Trigger::Commit)
+        }
+        _ => Some(Trigger::Event),
+    }
+}
+
+/// Watches directories that appeared, drops watches on directories that vanished or were
+/// replaced (new inode). Returns true if a watch was (re)established: the caller reloads, since
+/// changes made while unwatched were not seen.
+fn refresh_watches(
+    w: &mut RecommendedWatcher,
+    watched: &mut BTreeMap<PathBuf, Option<(u64, u64)>>,
+) -> bool {
+    let mut added = false;
+    for (dir, id) in watched.iter_mut() {
+        let now = identity(dir);
+        if *id == now {
+            continue;
+        }
+        if id.is_some() {
+            let _ = w.unwatch(dir);
+            info!(path = %dir.display(), "watched directory vanished or was replaced");
+            *id = None;
+        }
+        if now.is_some() {
+            match w.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    info!(path = %dir.display(), "watching directory");
+                    *id = now;
+                    added = true;
+                }
+                Err(e) => debug!(path = %dir.display(), error = %e, "cannot watch yet"),
+            }
+        }
+    }
+    added
+}
+
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(dir)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Leading-edge for commits, trailing-edge (quiet period, max wait) for everything else.
+struct Debouncer {
+    quiet: Duration,
+    max_wait: Duration,
+    last_fire: Option<Instant>,
+    /// First and latest event of the pending burst.
+    pending: Option<(Instant, Instant, Trigger)>,
+}
+
+impl Debouncer {
+    fn new(quiet: Duration, max_wait: Duration) -> Self {
+        Debouncer {
+            quiet,
+            max_wait,
+            last_fire: None,
+            pending: None,
+        }
+    }
+
+    /// Records an event; returns a trigger to send now, if any.
+    fn event(&mut self, now: Instant, kind: Trigger) -> Option<Trigger> {
+        let immediate = matches!(kind, Trigger::Commit | Trigger::Rescan);
+        let rested = self
+            .last_fire
+            .is_none_or(|t| now.duration_since(t) >= self.quiet);
+        if immediate && rested {
+            // Events pending before a commit were the writing of this very generation.
+            self.pending = None;
+            self.last_fire = Some(now);
+            return Some(kind);
+        }
+        self.pending = Some(match self.pending {
+            Some((first, _, k)) => (first, now, if immediate { kind } else { k }),
+            None => (now, now, kind),
+        });
+        None
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.pending
+            .map(|(first, last, _)| (last + self.quiet).min(first + self.max_wait))
+    }
+
+    fn expire(&mut self, now: Instant) -> Option<Trigger> {
+        match self.deadline() {
+            Some(d) if d <= now => {
+                self.last_fire = Some(now);
+                self.pending.take().map(|(_, _, k)| k)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q: Duration = Duration::from_millis(100);
+
+    #[tokio::test(start_paused = true)]
+    async fn commit_fires_at_once_when_rested() {
+        let mut d = Debouncer::new(Q, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(d.event(t0, Trigger::Commit), Some(Trigger::Commit));
+        assert_eq!(d.deadline(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_wait_for_quiet() {
+        let mut d = Debouncer::new(Q, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(d.event(t0, Trigger::Event), None);
+        assert_eq!(
+            d.event(t0 + Duration::from_millis(50), Trigger::Event),
+            None
+        );
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(150)));
+        assert_eq!(d.expire(t0 + Duration::from_millis(149)), None);
+        assert_eq!(
+            d.expire(t0 + Duration::from_millis(150)),
+            Some(Trigger::Event)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_storm_cannot_postpone_past_max_wait() {
+        let mut d = Debouncer::new(Q, Duration::from_secs(1));
+        let t0 = Instant::now();
+        for i in 0..100u64 {
+            d.event(t0 + Duration::from_millis(20 * i), Trigger::Event);
+        }
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commit_after_the_writes_of_its_generation_fires_at_once() {
+        let mut d = Debouncer::new(Q, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(d.event(t0, Trigger::Event), None);
+        assert_eq!(
+            d.event(t0 + Duration::from_millis(1), Trigger::Commit),
+            Some(Trigger::Commit)
+        );
+        assert_eq!(d.deadline(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commits_right_after_a_fire_are_debounced() {
+        let mut d = Debouncer::new(Q, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert!(d.event(t0, Trigger::Commit).is_some());
+        assert_eq!(
+            d.event(t0 + Duration::from_millis(20), Trigger::Commit),
+            None
+        );
+        assert_eq!(
+            d.expire(t0 + Duration::from_millis(120)),
+            Some(Trigger::Commit)
+        );
+    }
+
+    #[test]
+    fn rename_onto_data_is_a_commit_and_opens_are_ignored() {
+        let ev = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::To)))
+            .add_path("/v/..data".into());
+        assert_eq!(classify(&ev), Some(Trigger::Commit));
+        let open = Event::new(EventKind::Access(AccessKind::Open(AccessMode::Any)))
+            .add_path("/v/tls.crt".into());
+        assert_eq!(classify(&open), None);
+        let tmp = Event::new(EventKind::Create(notify::event::CreateKind::File))
+            .add_path("/v/..data_tmp".into());
+        assert_eq!(classify(&tmp), Some(Trigger::Event));
+    }
+}
