@@ -98,9 +98,9 @@ fn main() {
     }
 
     let mut latencies = Vec::with_capacity(swaps);
-    for i in 1..=swaps {
+    for (i, leaf) in leaves.iter().enumerate().skip(1) {
         std::thread::sleep(Duration::from_millis(300));
-        stage(vol, i, &leaves[i], &ca_pem);
+        stage(vol, i, leaf, &ca_pem);
         let t0 = Instant::now();
         commit(vol);
         let want = i as u64 + 1;

@@ -2,6 +2,8 @@
 
 mod check_cli;
 mod check_openssl;
+mod kubelet_scenarios;
+mod kubelet_volume;
 mod support;
 mod support_selftest;
 mod validate_rules;

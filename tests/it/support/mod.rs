@@ -6,8 +6,14 @@
 // private to the test binary, so `pub` items are neither all used nor reachable.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fixture;
+pub mod inotify;
+pub mod kubelet;
 pub mod openssl;
 pub mod pki;
+pub mod prom;
+pub mod sidecar;
+pub mod writers;
 
 use std::path::{Path, PathBuf};
 
