@@ -1,5 +1,6 @@
 //! Integration tests, compiled as one binary (as ripgrep does). Helpers live in `support/`.
 
+mod admin_endpoint;
 mod check_cli;
 mod check_openssl;
 mod kubelet_scenarios;
