@@ -1,6 +1,7 @@
 //! Reading credential files: bounded (never more than [`MAX_FILE_SIZE`] + 1 bytes, so `/dev/zero`
 //! or a huge file cannot exhaust memory), hashed, and typed by failure. Input comes from the paths
-//! of a [`CredentialPaths`]; output is a [`RawBundle`] that `validate` turns into a `Bundle`.
+//! of a `CredentialPaths` (through `snapshot`, which adds kubelet's `..data` consistency); output
+//! is a [`RawBundle`] that `validate` turns into a `Bundle`.
 
 use std::fmt;
 use std::fs::File;
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::paths::{CredentialPaths, FileRole};
+use super::paths::FileRole;
 use crate::reason::Reason;
 
 /// Files larger than this are refused with `too_large` (SPEC: 1 MiB).
@@ -169,20 +170,6 @@ pub fn read_file(role: FileRole, path: &Path) -> Result<RawFile, LoadError> {
         });
     }
     Ok(RawFile::new(role, path, bytes))
-}
-
-/// Reads every file of a set; the first failure wins (a reload needs all of them).
-pub fn read_bundle(paths: &CredentialPaths) -> Result<RawBundle, LoadError> {
-    Ok(RawBundle {
-        cert: read_file(FileRole::Cert, &paths.cert)?,
-        key: read_file(FileRole::Key, &paths.key)?,
-        ca: read_file(FileRole::Ca, &paths.ca)?,
-        peer_ca: paths
-            .peer_ca
-            .as_deref()
-            .map(|p| read_file(FileRole::PeerCa, p))
-            .transpose()?,
-    })
 }
 
 fn is_char_device(ft: &std::fs::FileType) -> bool {

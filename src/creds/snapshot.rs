@@ -16,7 +16,6 @@ const ATTEMPTS: u32 = 5;
 
 /// Reads the whole set as one generation per volume.
 pub fn read_snapshot(paths: &CredentialPaths) -> Result<RawBundle, LoadError> {
-    let mut last_err = None;
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             // Kubelet finishes a swap in microseconds to milliseconds; back off a little more each time.
@@ -41,22 +40,16 @@ pub fn read_snapshot(paths: &CredentialPaths) -> Result<RawBundle, LoadError> {
             })
         })();
         let moved = resolve_volumes(paths) != volumes;
-        match result {
-            Ok(bundle) if !moved => return Ok(bundle),
-            Ok(_) => last_err = None,
-            // A file vanished because its generation moved: try again. Without a move, a
-            // missing file really is missing.
-            Err(e @ LoadError::Missing { .. }) if !moved => return Err(e),
-            Err(e) if !moved => return Err(e),
-            Err(e) => last_err = Some(e),
+        // Without a move, the outcome stands (a missing file really is missing). With one, a
+        // file may have vanished with its generation, or the read mixed generations: again.
+        if !moved {
+            return result;
         }
     }
-    Err(last_err
-        .filter(|e| !matches!(e, LoadError::Missing { .. }))
-        .unwrap_or(LoadError::Inconsistent {
-            path: paths.cert.clone(),
-            attempts: ATTEMPTS,
-        }))
+    Err(LoadError::Inconsistent {
+        path: paths.cert.clone(),
+        attempts: ATTEMPTS,
+    })
 }
 
 /// `..data` target per directory holding a credential file (None: no `..data` there).
