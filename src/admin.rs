@@ -22,11 +22,13 @@ use tracing::{debug, info};
 use crate::creds::store::Store;
 use crate::creds::validate::rfc3339;
 use crate::metrics::Metrics;
+use crate::proxy::ListenerStats;
 
 /// What the endpoint reports on.
 pub struct AdminState {
     pub stores: Vec<Arc<Store>>,
     pub metrics: Arc<Metrics>,
+    pub listeners: Vec<Arc<ListenerStats>>,
 }
 
 /// Binds `addr`; the caller reports a bind failure as a usage/runtime error.
@@ -141,7 +143,12 @@ pub fn not_ready(state: &AdminState) -> Option<String> {
 /// The `/status` document (SPEC shape; more fields may be added).
 pub fn status(state: &AdminState) -> Value {
     let sets: Vec<Value> = state.stores.iter().map(|s| set_status(s)).collect();
-    json!({ "sets": sets, "listeners": [] })
+    let listeners: Vec<Value> = state
+        .listeners
+        .iter()
+        .map(|l| json!({ "name": l.name, "address": l.address.to_string(), "active_connections": l.active_connections() }))
+        .collect();
+    json!({ "sets": sets, "listeners": listeners })
 }
 
 fn set_status(s: &Store) -> Value {

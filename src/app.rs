@@ -1,74 +1,78 @@
-//! Wiring: builds the stages of one `watch` process (store, watcher, reload task, actions,
-//! admin endpoint), owns their tasks, and shuts them down on SIGTERM/SIGINT. The only module
-//! that knows every stage.
+//! Wiring: builds the stages of a long-running subcommand (store, watcher, reload task, then
+//! actions for `watch` or a TLS listener for `server`, and the admin endpoint), owns their tasks,
+//! and shuts them down on SIGTERM/SIGINT. The only module that knows every stage.
 
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
 use crate::actions::{self, Action};
 use crate::admin::{self, AdminState};
 use crate::cli::{Listen, ReloadArgs};
 use crate::creds::store::Store;
 use crate::metrics::Metrics;
+use crate::proxy::listener::{self, ConnCtx};
+use crate::proxy::{self, ListenerConfig, ListenerMetrics, ListenerStats, Protocol, TlsState};
 use crate::reload::{self, SetConfig};
 use crate::watch::{self, WatchConfig};
 
-/// A checked `watch` invocation.
-#[derive(Debug)]
-pub struct WatchPlan {
+/// How credentials are watched, for every long-running subcommand.
+#[derive(Clone, Debug)]
+pub struct CorePlan {
     pub set: SetConfig,
     pub poll_interval: Duration,
     pub debounce: Duration,
     pub admin: Listen,
-    pub actions: Vec<Action>,
-    pub act_on_start: bool,
 }
 
-impl WatchPlan {
-    pub fn new(
-        set: SetConfig,
-        reload: &ReloadArgs,
-        admin: Listen,
-        actions: Vec<Action>,
-        act_on_start: bool,
-    ) -> Self {
-        WatchPlan {
+impl CorePlan {
+    pub fn new(set: SetConfig, reload: &ReloadArgs, admin: Listen) -> Self {
+        CorePlan {
             set,
             poll_interval: reload.poll_interval,
             debounce: reload.debounce,
             admin,
-            actions,
-            act_on_start,
         }
     }
 }
 
-/// Runs `watch` until SIGTERM or SIGINT; Ok means a clean shutdown (exit 0).
-pub async fn run_watch(plan: WatchPlan) -> anyhow::Result<()> {
+/// A checked `watch` invocation.
+#[derive(Debug)]
+pub struct WatchPlan {
+    pub core: CorePlan,
+    pub actions: Vec<Action>,
+    pub act_on_start: bool,
+}
+
+/// A checked `server` invocation.
+#[derive(Debug)]
+pub struct ServerPlan {
+    pub core: CorePlan,
+    pub listener: ListenerConfig,
+    pub shutdown_grace: Duration,
+}
+
+/// The running credential pipeline of one set.
+struct Core {
+    cancel: CancellationToken,
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    tasks: JoinSet<()>,
+}
+
+fn start_core(plan: &CorePlan) -> Core {
     let cancel = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     let store = Store::new(plan.set.name.clone(), metrics.clone());
-    let mut tasks = tokio::task::JoinSet::new();
-
-    if let Listen::On(addr) = plan.admin {
-        let listener = admin::bind(addr).await.with_context(|| {
-            format!(
-                "--admin-listen {addr}: cannot listen (port in use? use another address or `off`)"
-            )
-        })?;
-        let state = Arc::new(AdminState {
-            stores: vec![store.clone()],
-            metrics: metrics.clone(),
-        });
-        tasks.spawn(admin::serve(listener, state, cancel.clone()));
-    }
-
+    let mut tasks = JoinSet::new();
     let (tx, rx) = mpsc::channel(1);
     let watch_cfg = WatchConfig {
         dirs: watched_dirs(&plan.set),
@@ -82,18 +86,123 @@ pub async fn run_watch(plan: WatchPlan) -> anyhow::Result<()> {
         rx,
         cancel.clone(),
     ));
-    tasks.spawn(actions::run(
-        store.clone(),
+    Core {
+        cancel,
+        metrics,
+        store,
+        tasks,
+    }
+}
+
+impl Core {
+    async fn start_admin(
+        &mut self,
+        addr: Listen,
+        listeners: Vec<Arc<ListenerStats>>,
+    ) -> anyhow::Result<()> {
+        let Listen::On(addr) = addr else {
+            return Ok(());
+        };
+        let socket = admin::bind(addr).await.with_context(|| {
+            format!(
+                "--admin-listen {addr}: cannot listen (port in use? use another address or `off`)"
+            )
+        })?;
+        let state = Arc::new(AdminState {
+            stores: vec![self.store.clone()],
+            metrics: self.metrics.clone(),
+            listeners,
+        });
+        self.tasks
+            .spawn(admin::serve(socket, state, self.cancel.clone()));
+        Ok(())
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Runs `watch` until SIGTERM or SIGINT; Ok means a clean shutdown (exit 0).
+pub async fn run_watch(plan: WatchPlan) -> anyhow::Result<()> {
+    let mut core = start_core(&plan.core);
+    core.start_admin(plan.core.admin, Vec::new()).await?;
+    core.tasks.spawn(actions::run(
+        core.store.clone(),
         plan.actions,
         plan.act_on_start,
-        metrics.clone(),
-        cancel.clone(),
+        core.metrics.clone(),
+        core.cancel.clone(),
+    ));
+    wait_for_shutdown_signal().await?;
+    info!("shutting down");
+    core.stop().await;
+    Ok(())
+}
+
+/// Runs `server` until SIGTERM or SIGINT, then drains for up to the grace period.
+pub async fn run_server(plan: ServerPlan) -> anyhow::Result<()> {
+    let cfg = plan.listener;
+    let (socket, address) = listener::bind(&cfg).await.with_context(|| {
+        format!(
+            "--listen {}: cannot listen (port in use, or not allowed?)",
+            cfg.listen
+        )
+    })?;
+    let mut core = start_core(&plan.core);
+    let stats = Arc::new(ListenerStats {
+        name: cfg.name.clone(),
+        address,
+        active: AtomicI64::new(0),
+    });
+    core.start_admin(plan.core.admin, vec![stats.clone()])
+        .await?;
+
+    let tls = Arc::new(TlsState::default());
+    let alpn: Vec<Vec<u8>> = match cfg.protocol {
+        Protocol::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Protocol::Tcp => Vec::new(),
+    };
+    core.tasks.spawn(proxy::follow_store(
+        core.store.clone(),
+        tls.clone(),
+        cfg.min_tls,
+        alpn,
+        core.cancel.clone(),
+    ));
+    let ctx = Arc::new(ConnCtx {
+        http: (cfg.protocol == Protocol::Http)
+            .then(|| proxy::http::Proxy::new(&cfg.target, cfg.connect_timeout)),
+        metrics: ListenerMetrics::new(core.metrics.clone(), &cfg.name),
+        tls,
+        stats,
+        cfg,
+    });
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let accept = tokio::spawn(listener::serve(
+        socket,
+        ctx,
+        shutdown.clone(),
+        tracker.clone(),
     ));
 
     wait_for_shutdown_signal().await?;
-    info!("shutting down");
-    cancel.cancel();
-    while tasks.join_next().await.is_some() {}
+    info!(grace = ?plan.shutdown_grace, "shutting down: no new connections, draining open ones");
+    shutdown.cancel();
+    let _ = accept.await;
+    tracker.close();
+    if tokio::time::timeout(plan.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = tracker.len(),
+            "shutdown grace period over; closing the remaining connections"
+        );
+    }
+    core.stop().await;
     Ok(())
 }
 

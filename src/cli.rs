@@ -36,6 +36,8 @@ pub struct Cli {
 pub enum Command {
     /// Validate a cert/key/CA triple once, print a report, exit 0 (valid) or 1 (invalid).
     Check(CheckArgs),
+    /// Terminate mTLS in front of a plaintext app: verify client certificates, forward to --target.
+    Server(Box<ServerArgs>),
     /// Watch the credentials; on each validated change run the action (no proxy).
     Watch(WatchArgs),
     /// Write a throwaway PKI into a kubelet-style volume and show how to check it.
@@ -166,6 +168,91 @@ pub struct WatchArgs {
     /// MTLS_SIDECAR_GENERATION and MTLS_SIDECAR_SHA256 in its environment.
     #[arg(last = true, value_name = "PROGRAM [ARGS]")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub creds: CredentialArgs,
+    #[command(flatten)]
+    pub reload: ReloadArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// TLS address to listen on.
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8443"
+    )]
+    pub listen: SocketAddr,
+    /// The plaintext app: `host:port` or `unix:/path`.
+    #[arg(long, env = "MTLS_SIDECAR_TARGET", value_name = "ADDR")]
+    pub target: String,
+    /// `tcp` copies bytes; `http` proxies requests and adds client-identity headers.
+    #[arg(long, env = "MTLS_SIDECAR_PROTOCOL", value_enum, default_value_t = crate::proxy::Protocol::Tcp)]
+    pub protocol: crate::proxy::Protocol,
+    /// Allow every client with a certificate that chains to the CA.
+    #[arg(long, env = "MTLS_SIDECAR_ALLOW_ALL")]
+    pub allow_all: bool,
+    /// Allow clients with this subject CN (repeatable; env: comma-separated).
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_ALLOW_CN",
+        value_name = "CN",
+        value_delimiter = ','
+    )]
+    pub allow_cn: Vec<String>,
+    /// Allow clients with this subject OU (repeatable; env: comma-separated).
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_ALLOW_OU",
+        value_name = "OU",
+        value_delimiter = ','
+    )]
+    pub allow_ou: Vec<String>,
+    /// Allow clients with this DNS SAN (repeatable; env: comma-separated).
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_ALLOW_DNS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub allow_dns: Vec<String>,
+    /// Allow clients with this URI SAN; a trailing `/*` matches one segment, `/**` any suffix.
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_ALLOW_URI",
+        value_name = "URI",
+        value_delimiter = ','
+    )]
+    pub allow_uri: Vec<String>,
+    /// Lowest TLS version accepted.
+    #[arg(long, env = "MTLS_SIDECAR_MIN_TLS", value_enum, default_value_t = crate::tls::MinTls::V12)]
+    pub min_tls: crate::tls::MinTls,
+    /// Longest time a client may take to complete the TLS handshake.
+    #[arg(long, env = "MTLS_SIDECAR_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+    /// Longest time to connect to the target.
+    #[arg(long, env = "MTLS_SIDECAR_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub connect_timeout: Duration,
+    /// A connection with no traffic for this long is closed; also the longest wait for an upstream response (then 504).
+    #[arg(long, env = "MTLS_SIDECAR_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub idle_timeout: Duration,
+    /// Open connections at most; more wait in the listen backlog.
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    pub max_connections: usize,
+    /// Close connections gracefully once this old, so clients re-handshake with current credentials (default: off).
+    #[arg(long, env = "MTLS_SIDECAR_MAX_CONNECTION_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    pub max_connection_age: Option<Duration>,
+    /// On SIGTERM, how long open connections may take to finish.
+    #[arg(long, env = "MTLS_SIDECAR_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration, default_value = "25s")]
+    pub shutdown_grace: Duration,
 }
 
 /// humantime (`500ms`, `30s`, `5m`), or `0` for "off".

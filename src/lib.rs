@@ -33,6 +33,8 @@ pub mod creds;
 pub mod demo;
 pub mod events;
 pub mod metrics;
+pub mod proxy;
 pub mod reason;
 pub mod reload;
+pub mod tls;
 pub mod watch;

@@ -8,8 +8,11 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use mtls_sidecar::actions::{exec::ExecAction, Action};
-use mtls_sidecar::app::{self, WatchPlan};
-use mtls_sidecar::cli::{Cli, Command, LogFormat, WatchArgs};
+use mtls_sidecar::app::{self, CorePlan, ServerPlan, WatchPlan};
+use mtls_sidecar::cli::{Cli, Command, LogFormat, ServerArgs, WatchArgs};
+use mtls_sidecar::creds::validate::Usage;
+use mtls_sidecar::proxy::authz::Allow;
+use mtls_sidecar::proxy::{ListenerConfig, Target};
 use mtls_sidecar::reload::SetConfig;
 
 fn main() -> ExitCode {
@@ -24,6 +27,13 @@ fn main() -> ExitCode {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => runtime_error(&anyhow::Error::from(e)),
+            },
+        },
+        Command::Server(args) => match server_plan(args) {
+            Err(msg) => usage_error(&msg),
+            Ok(plan) => match run_async(app::run_server(plan)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => runtime_error(&e),
             },
         },
         Command::Watch(args) => match watch_plan(args) {
@@ -63,13 +73,52 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
         paths,
         policy: args.creds.policy(args.usage),
     };
-    Ok(WatchPlan::new(
-        set,
-        &args.reload,
-        args.admin.admin_listen,
+    Ok(WatchPlan {
+        core: CorePlan::new(set, &args.reload, args.admin.admin_listen),
         actions,
-        args.act_on_start,
-    ))
+        act_on_start: args.act_on_start,
+    })
+}
+
+fn server_plan(args: &ServerArgs) -> Result<ServerPlan, String> {
+    let paths = args.creds.paths().map_err(|e| e.to_string())?;
+    let target = Target::parse(&args.target).map_err(|e| format!("--target: {e}"))?;
+    let allow = Allow {
+        all: args.allow_all,
+        cn: args.allow_cn.clone(),
+        ou: args.allow_ou.clone(),
+        dns: args.allow_dns.clone(),
+        uri: args.allow_uri.clone(),
+    };
+    if !allow.is_configured() {
+        return Err("server needs an access rule: --allow-all, or one or more of --allow-cn, --allow-ou, --allow-dns, --allow-uri".into());
+    }
+    if args.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
+    let set = SetConfig {
+        name: "default".into(),
+        paths,
+        // Our own leaf serves TLS: it needs serverAuth.
+        policy: args.creds.policy(Usage::Server),
+    };
+    Ok(ServerPlan {
+        core: CorePlan::new(set, &args.reload, args.admin.admin_listen),
+        listener: ListenerConfig {
+            name: "server".into(),
+            listen: args.listen,
+            target,
+            protocol: args.protocol,
+            allow,
+            min_tls: args.min_tls,
+            handshake_timeout: args.handshake_timeout,
+            connect_timeout: args.connect_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+            max_connection_age: args.max_connection_age.filter(|d| !d.is_zero()),
+        },
+        shutdown_grace: args.shutdown_grace,
+    })
 }
 
 fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::reason::Reason;
@@ -48,6 +49,28 @@ pub struct ActionLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerCodeLabels {
+    pub listener: String,
+    pub code: u16,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 /// Every metric family the process exports.
 pub struct Metrics {
     registry: Registry,
@@ -57,6 +80,13 @@ pub struct Metrics {
     pub reload_failures: Family<SetReasonLabels, Counter>,
     pub last_success: Family<SetLabels, Gauge>,
     pub actions: Family<ActionLabels, Counter>,
+    pub connections_active: Family<ListenerLabels, Gauge>,
+    pub connections_total: Family<ListenerLabels, Counter>,
+    pub handshake_failures: Family<ListenerReasonLabels, Counter>,
+    pub authz_denied: Family<ListenerLabels, Counter>,
+    pub upstream_failures: Family<ListenerLabels, Counter>,
+    pub http_requests: Family<ListenerCodeLabels, Counter>,
+    pub http_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
@@ -69,6 +99,13 @@ impl Metrics {
             reload_failures: Family::default(),
             last_success: Family::default(),
             actions: Family::default(),
+            connections_active: Family::default(),
+            connections_total: Family::default(),
+            handshake_failures: Family::default(),
+            authz_denied: Family::default(),
+            upstream_failures: Family::default(),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(duration_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -100,6 +137,41 @@ impl Metrics {
             "actions",
             "Actions run after a publish, by action and result",
             m.actions.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Open client connections",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "connections",
+            "Accepted client connections",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "handshake_failures",
+            "TLS handshakes that failed, by reason",
+            m.handshake_failures.clone(),
+        );
+        registry.register(
+            "authz_denied",
+            "Verified clients refused by the allow-list",
+            m.authz_denied.clone(),
+        );
+        registry.register(
+            "upstream_failures",
+            "Upstream connections or requests that failed (refused, timed out, reset)",
+            m.upstream_failures.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by response code",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to response headers",
+            m.http_duration.clone(),
         );
         Metrics { registry, ..m }
     }

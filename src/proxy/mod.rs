@@ -1,0 +1,197 @@
+//! The TLS proxy: listeners that terminate mTLS (`server`). Data comes from the credential store
+//! (one rustls config per publish, read with one `ArcSwap` load per accepted connection) and
+//! goes to the plaintext `--target`.
+//!
+//! - [`listener`]: accept loop, connection limit, handshake, access control, drain.
+//! - [`tcp`], [`http`]: what happens after the handshake (byte copy, or a hyper reverse proxy).
+//! - [`authz`], [`identity`]: allow-lists and the verified client's identity.
+//! - [`io`]: upstream connections and idle tracking.
+
+pub mod authz;
+pub mod http;
+pub mod identity;
+pub mod io;
+pub mod listener;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::creds::store::Store;
+use crate::metrics::{ListenerLabels, ListenerReasonLabels, Metrics};
+use crate::tls::{self, MinTls};
+use authz::Allow;
+
+/// Where plaintext goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `host:port`
+    Tcp(String),
+    /// `unix:/path`
+    Unix(PathBuf),
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/app.sock".into());
+            }
+            return Ok(Target::Unix(PathBuf::from(path)));
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Target::Tcp(s.to_string()))
+            }
+            _ => Err(format!("expected host:port or unix:/path, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(a) => f.write_str(a),
+            Target::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `--protocol`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Http,
+}
+
+/// Everything a listener needs to know, checked.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub target: Target,
+    pub protocol: Protocol,
+    pub allow: Allow,
+    pub min_tls: MinTls,
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connection_age: Option<Duration>,
+}
+
+/// A listener as `/status` shows it.
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub name: String,
+    pub address: SocketAddr,
+    pub active: AtomicI64,
+}
+
+impl ListenerStats {
+    pub fn active_connections(&self) -> i64 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Metric handles of one listener, created once so the connection path takes no registry lock.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub active: Gauge,
+    pub total: Counter,
+    pub denied: Counter,
+    pub upstream_failures: Counter,
+    pub duration: Histogram,
+    name: String,
+    registry: Arc<Metrics>,
+}
+
+impl ListenerMetrics {
+    pub fn new(metrics: Arc<Metrics>, name: &str) -> Self {
+        let l = ListenerLabels {
+            listener: name.to_string(),
+        };
+        ListenerMetrics {
+            active: metrics.connections_active.get_or_create_owned(&l),
+            total: metrics.connections_total.get_or_create_owned(&l),
+            denied: metrics.authz_denied.get_or_create_owned(&l),
+            upstream_failures: metrics.upstream_failures.get_or_create_owned(&l),
+            duration: metrics.http_duration.get_or_create_owned(&l),
+            name: name.to_string(),
+            registry: metrics,
+        }
+    }
+
+    /// Failed handshakes are off the success path; a registry lookup is fine here.
+    pub fn handshake_failed(&self, reason: &'static str) {
+        self.registry
+            .handshake_failures
+            .get_or_create(&ListenerReasonLabels {
+                listener: self.name.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn http_response(&self, code: u16) {
+        self.registry
+            .http_requests
+            .get_or_create(&crate::metrics::ListenerCodeLabels {
+                listener: self.name.clone(),
+                code,
+            })
+            .inc();
+    }
+}
+
+/// The server config in use: replaced on every publish, `None` until the first valid bundle.
+#[derive(Default)]
+pub struct TlsState {
+    pub config: ArcSwapOption<ServerConfig>,
+}
+
+/// Rebuilds the listener's rustls config after every publish until `cancel`.
+pub async fn follow_store(
+    store: Arc<Store>,
+    state: Arc<TlsState>,
+    min_tls: MinTls,
+    alpn: Vec<Vec<u8>>,
+    cancel: CancellationToken,
+) {
+    let mut generations = store.subscribe();
+    loop {
+        if let Some(p) = store.load() {
+            let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+            match tls::server_config(&p.bundle, min_tls, &alpn) {
+                Ok(cfg) => {
+                    state.config.store(Some(cfg));
+                    info!(
+                        set = store.set(),
+                        generation = p.generation,
+                        "tls config updated for new handshakes"
+                    );
+                }
+                // Validation already proved the bundle usable; keep the previous config if not.
+                Err(e) => {
+                    error!(set = store.set(), generation = p.generation, error = %e, "cannot build a tls config; keeping the previous one")
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = generations.changed() => if changed.is_err() { return },
+        }
+    }
+}
