@@ -5,19 +5,20 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::creds::store::Store;
 use crate::creds::validate::rfc3339;
@@ -38,27 +39,47 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
+/// Probes and scrapers need few connections; more wait in the backlog.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// A client that sends no complete request headers within this time is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections are short-lived; one left idle longer than this is closed.
+const ADMIN_IDLE: Duration = Duration::from_secs(60);
+
 /// Serves until `cancel`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
-                Err(e) => { debug!(error = %e, "admin accept failed"); continue; }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&state, &req)) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(%peer, error = %e, "admin connection ended with an error");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(ADMIN_IDLE, conn).await {
+                Ok(Err(e)) => debug!(%peer, error = %e, "admin connection ended with an error"),
+                Err(_) => debug!(%peer, "admin connection closed after {ADMIN_IDLE:?}"),
+                Ok(Ok(())) => {}
             }
         });
     }

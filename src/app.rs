@@ -49,7 +49,7 @@ impl CorePlan {
 pub struct WatchPlan {
     pub core: CorePlan,
     pub actions: Vec<Action>,
-    pub act_on_start: bool,
+    pub pacing: actions::Pacing,
 }
 
 /// A checked `server` invocation.
@@ -118,6 +118,18 @@ impl Core {
         Ok(())
     }
 
+    /// Until SIGTERM/SIGINT (Ok), or until a pipeline task ends on its own (Err: nothing would
+    /// reload any more, so exit non-zero and let Kubernetes restart the container).
+    async fn wait_for_shutdown(&mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            r = wait_for_shutdown_signal() => r,
+            Some(ended) = self.tasks.join_next() => {
+                self.cancel.cancel();
+                Err(anyhow::anyhow!("an internal task stopped unexpectedly ({ended:?}); exiting so the container is restarted"))
+            }
+        }
+    }
+
     async fn stop(mut self) {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
@@ -131,11 +143,11 @@ pub async fn run_watch(plan: WatchPlan) -> anyhow::Result<()> {
     core.tasks.spawn(actions::run(
         core.store.clone(),
         plan.actions,
-        plan.act_on_start,
+        plan.pacing,
         core.metrics.clone(),
         core.cancel.clone(),
     ));
-    wait_for_shutdown_signal().await?;
+    core.wait_for_shutdown().await?;
     info!("shutting down");
     core.stop().await;
     Ok(())
@@ -188,7 +200,7 @@ pub async fn run_server(plan: ServerPlan) -> anyhow::Result<()> {
         tracker.clone(),
     ));
 
-    wait_for_shutdown_signal().await?;
+    core.wait_for_shutdown().await?;
     info!(grace = ?plan.shutdown_grace, "shutting down: no new connections, draining open ones");
     shutdown.cancel();
     let _ = accept.await;

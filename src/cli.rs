@@ -40,7 +40,7 @@ pub enum Command {
     Server(Box<ServerArgs>),
     /// Watch the credentials; on each validated change run the action (no proxy).
     Watch(WatchArgs),
-    /// Write a throwaway PKI into a kubelet-style volume and show how to check it.
+    /// Try it: a throwaway PKI, a plaintext app, `server --protocol http` in front, rotation every 30 s.
     Demo(DemoArgs),
 }
 
@@ -106,10 +106,21 @@ impl CredentialArgs {
     pub fn policy(&self, usage: Usage) -> Policy {
         Policy {
             usage,
-            expect_dns: self.expect_dns.clone(),
-            expect_uri: self.expect_uri.clone(),
+            expect_dns: non_empty(&self.expect_dns),
+            expect_uri: non_empty(&self.expect_uri),
         }
     }
+}
+
+/// Drops empty items: `MTLS_SIDECAR_EXPECT_DNS=""` or a trailing comma (common in templated
+/// manifests) must not become a requirement for an empty name.
+pub fn non_empty(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +175,9 @@ pub struct WatchArgs {
     /// started with those files).
     #[arg(long, env = "MTLS_SIDECAR_ACT_ON_START")]
     pub act_on_start: bool,
+    /// At most one action per interval; changes inside it coalesce into one action for the newest.
+    #[arg(long, env = "MTLS_SIDECAR_MIN_INTERVAL", value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    pub min_interval: Duration,
     /// Program to run after each validated change (no shell), with MTLS_SIDECAR_SET,
     /// MTLS_SIDECAR_GENERATION and MTLS_SIDECAR_SHA256 in its environment.
     #[arg(last = true, value_name = "PROGRAM [ARGS]")]
@@ -278,6 +292,20 @@ pub struct DemoArgs {
     /// Where to write the demo PKI (default: a new directory under the system temp dir).
     #[arg(long, env = "MTLS_SIDECAR_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// TLS address of the demo server.
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8443"
+    )]
+    pub listen: SocketAddr,
+    /// Address of /healthz, /readyz, /status and /metrics, or `off`.
+    #[arg(long, env = "MTLS_SIDECAR_ADMIN_LISTEN", value_name = "ADDR", value_parser = parse_listen, default_value = "127.0.0.1:9901")]
+    pub admin_listen: Listen,
+    /// How often the server certificate is renewed; `0` turns rotation off.
+    #[arg(long, env = "MTLS_SIDECAR_ROTATE_EVERY", value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub rotate_every: Duration,
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use tracing::{debug, error, info, warn};
 
 use crate::creds::store::Published;
-use crate::creds::validate::rfc3339;
+use crate::creds::validate::{rfc3339, CertFacts};
 use crate::metrics::{
     ActionLabels, InfoLabels, Metrics, SetLabels, SetReasonLabels, SetResultLabels, SetRoleLabels,
 };
@@ -73,12 +73,13 @@ pub(crate) fn reload_refused(
     reason: Reason,
     message: &str,
     current: Option<&Published>,
+    rejected: Option<&CertFacts>,
 ) {
     error!(
         set,
-        serving_serial = current
-            .map(|p| p.bundle.leaf().serial.as_str())
-            .unwrap_or("none"),
+        old_serial = current.map(|p| p.bundle.leaf().serial.as_str()).unwrap_or("none"),
+        new_serial = rejected.map(|c| c.serial.as_str()).unwrap_or("unreadable"),
+        not_after = %rejected.map(|c| rfc3339(c.not_after)).unwrap_or_default(),
         result = "failure",
         reason = reason.as_str(),
         error = message,

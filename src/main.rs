@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use mtls_sidecar::actions::{exec::ExecAction, Action};
+use mtls_sidecar::actions::{exec::ExecAction, Action, Pacing};
 use mtls_sidecar::app::{self, CorePlan, ServerPlan, WatchPlan};
-use mtls_sidecar::cli::{Cli, Command, LogFormat, ServerArgs, WatchArgs};
+use mtls_sidecar::cli::{non_empty, Cli, Command, LogFormat, ServerArgs, WatchArgs};
 use mtls_sidecar::creds::validate::Usage;
 use mtls_sidecar::proxy::authz::Allow;
 use mtls_sidecar::proxy::{ListenerConfig, Target};
@@ -17,7 +17,9 @@ use mtls_sidecar::reload::SetConfig;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format, cli.log_level.as_deref());
+    if let Err(msg) = init_tracing(cli.log_format, cli.log_level.as_deref()) {
+        return usage_error(&msg);
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let code = match &cli.command {
@@ -43,10 +45,12 @@ fn main() -> ExitCode {
                 Err(e) => runtime_error(&e),
             },
         },
-        Command::Demo(args) => match mtls_sidecar::demo::run(args, &mut out) {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) => runtime_error(&e),
-        },
+        Command::Demo(args) => {
+            match run_async(mtls_sidecar::demo::run(args, &mut std::io::stdout())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => runtime_error(&e),
+            }
+        }
     };
     let _ = out.flush();
     code
@@ -76,7 +80,10 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
     Ok(WatchPlan {
         core: CorePlan::new(set, &args.reload, args.admin.admin_listen),
         actions,
-        act_on_start: args.act_on_start,
+        pacing: Pacing {
+            act_on_start: args.act_on_start,
+            min_interval: args.min_interval,
+        },
     })
 }
 
@@ -85,10 +92,10 @@ fn server_plan(args: &ServerArgs) -> Result<ServerPlan, String> {
     let target = Target::parse(&args.target).map_err(|e| format!("--target: {e}"))?;
     let allow = Allow {
         all: args.allow_all,
-        cn: args.allow_cn.clone(),
-        ou: args.allow_ou.clone(),
-        dns: args.allow_dns.clone(),
-        uri: args.allow_uri.clone(),
+        cn: non_empty(&args.allow_cn),
+        ou: non_empty(&args.allow_ou),
+        dns: non_empty(&args.allow_dns),
+        uri: non_empty(&args.allow_uri),
     };
     if !allow.is_configured() {
         return Err("server needs an access rule: --allow-all, or one or more of --allow-cn, --allow-ou, --allow-dns, --allow-uri".into());
@@ -127,7 +134,10 @@ fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> any
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?;
-    rt.block_on(fut)
+    let result = rt.block_on(fut);
+    // A blocking read stuck in the kernel (e.g. a hung network filesystem) must not hold up exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn usage_error(msg: &str) -> ExitCode {
@@ -140,12 +150,13 @@ fn runtime_error(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn init_tracing(format: LogFormat, level: Option<&str>) {
+fn init_tracing(format: LogFormat, level: Option<&str>) -> Result<(), String> {
     let filter = match level {
-        Some(l) => EnvFilter::try_new(l),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
-    }
-    .unwrap_or_else(|_| EnvFilter::new("info"));
+        Some(l) => EnvFilter::try_new(l).map_err(|e| {
+            format!("--log-level {l:?}: {e} (try info, debug, or mtls_sidecar=debug)")
+        })?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -154,4 +165,5 @@ fn init_tracing(format: LogFormat, level: Option<&str>) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(())
 }

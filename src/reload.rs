@@ -74,10 +74,9 @@ pub async fn reload_once(set: &SetConfig, store: &Store) {
             }
             // The blocking read panicked: a bug, but never a reason to stop serving.
             Err(join) => {
-                return store.refuse(
-                    Reason::Unreadable,
-                    format!("reading credentials failed: {join}"),
-                )
+                let msg =
+                    format!("internal error while reading credentials (please report it): {join}");
+                return store.refuse(Reason::Unreadable, msg, None);
             }
         };
         let hash = raw.content_hash();
@@ -101,9 +100,12 @@ pub async fn reload_once(set: &SetConfig, store: &Store) {
                     debug!(set = %set.name, reason = %e.reason(), "update looks half-written; retrying");
                     continue;
                 }
-                return store.refuse(e.reason(), e.to_string());
+                return store.refuse(e.reason(), e.to_string(), rejection.facts.leaf.as_ref());
             }
-            Err(join) => return store.refuse(Reason::BadPem, format!("validation failed: {join}")),
+            Err(join) => {
+                let msg = format!("internal error while validating (please report it): {join}");
+                return store.refuse(Reason::BadPem, msg, None);
+            }
         }
     }
 }
@@ -121,6 +123,6 @@ fn refuse_load(store: &Store, e: LoadError) {
         // SPEC: missing files at start-up are not an error; readiness stays false meanwhile.
         store.waiting(e.reason(), e.to_string());
     } else {
-        store.refuse(e.reason(), e.to_string());
+        store.refuse(e.reason(), e.to_string(), None);
     }
 }

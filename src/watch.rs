@@ -77,6 +77,15 @@ pub async fn run(cfg: WatchConfig, tx: mpsc::Sender<Trigger>, cancel: Cancellati
             _ = cancel.cancelled() => return,
             Some(res) = raw_rx.recv() => match res {
                 Ok(ev) => {
+                    // The watched directory itself went away: its watch is dead even if a new
+                    // directory reuses the inode number, so re-watch on the next refresh.
+                    if matches!(ev.kind, EventKind::Remove(_)) {
+                        for p in &ev.paths {
+                            if let Some(id) = watched.get_mut(p) {
+                                *id = None;
+                            }
+                        }
+                    }
                     if let Some(fire) = classify(&ev) {
                         debug!(kind = ?ev.kind, paths = ?ev.paths, "file event");
                         if let Some(t) = debounce.event(Instant::now(), fire) {
@@ -146,6 +155,9 @@ fn refresh_watches(
             let _ = w.unwatch(dir);
             info!(path = %dir.display(), "watched directory vanished or was replaced");
             *id = None;
+        } else if now.is_some() {
+            // Removed and re-created (maybe with the same inode): drop whatever is left of the old watch.
+            let _ = w.unwatch(dir);
         }
         if now.is_some() {
             match w.watch(dir, RecursiveMode::NonRecursive) {
@@ -154,7 +166,10 @@ fn refresh_watches(
                     *id = now;
                     added = true;
                 }
-                Err(e) => debug!(path = %dir.display(), error = %e, "cannot watch yet"),
+                // Existing but unwatchable (e.g. fs.inotify.max_user_watches reached): say so.
+                Err(e) => {
+                    warn!(path = %dir.display(), error = %e, "cannot watch directory; relying on --poll-interval until it works")
+                }
             }
         }
     }
@@ -190,9 +205,11 @@ impl Debouncer {
     /// Records an event; returns a trigger to send now, if any.
     fn event(&mut self, now: Instant, kind: Trigger) -> Option<Trigger> {
         let immediate = matches!(kind, Trigger::Commit | Trigger::Rescan);
+        // A commit loads at once only if nothing fired within the max wait: kubelet swaps are a
+        // minute apart, while a storm of swaps is paced like any other burst of events.
         let rested = self
             .last_fire
-            .is_none_or(|t| now.duration_since(t) >= self.quiet);
+            .is_none_or(|t| now.duration_since(t) >= self.max_wait);
         if immediate && rested {
             // Events pending before a commit were the writing of this very generation.
             self.pending = None;
@@ -288,6 +305,16 @@ mod tests {
             d.expire(t0 + Duration::from_millis(120)),
             Some(Trigger::Commit)
         );
+        // 500 ms later: still within the max wait of the last fire, so debounced again.
+        assert_eq!(
+            d.event(t0 + Duration::from_millis(620), Trigger::Commit),
+            None
+        );
+        assert!(d.expire(t0 + Duration::from_millis(720)).is_some());
+        // More than the max wait later the watcher is rested: at once.
+        assert!(d
+            .event(t0 + Duration::from_millis(1800), Trigger::Commit)
+            .is_some());
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub struct ExecAction {
 impl ExecAction {
     pub(super) async fn run(&self, set: &str, p: &Published) -> Result<String, String> {
         let program = self.program.to_string_lossy().into_owned();
-        let child = Command::new(&self.program)
+        let mut child = Command::new(&self.program)
             .args(&self.args)
             .env("MTLS_SIDECAR_SET", set)
             .env("MTLS_SIDECAR_GENERATION", p.generation.to_string())
@@ -36,9 +36,18 @@ impl ExecAction {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {program}: {e}"))?;
-        let out = match tokio::time::timeout(EXEC_TIMEOUT, child.wait_with_output()).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => return Err(format!("{program}: {e}")),
+        let stderr = child.stderr.take();
+        let run = async {
+            // Keep only the tail: a chatty program must not grow our memory.
+            let tail = match stderr {
+                Some(s) => read_tail(s).await,
+                None => Vec::new(),
+            };
+            (child.wait().await, tail)
+        };
+        let (status, tail) = match tokio::time::timeout(EXEC_TIMEOUT, run).await {
+            Ok((Ok(status), tail)) => (status, tail),
+            Ok((Err(e), _)) => return Err(format!("{program}: {e}")),
             Err(_) => {
                 return Err(format!(
                     "{program} did not finish within {}s and was killed",
@@ -46,16 +55,30 @@ impl ExecAction {
                 ))
             }
         };
-        let tail = stderr_tail(&out.stderr);
-        if out.status.success() {
+        if status.success() {
             Ok(format!("{program} exited 0"))
         } else {
-            Err(format!("{program} {}; stderr: {tail}", out.status))
+            Err(format!(
+                "{program} {status}; stderr: {}",
+                String::from_utf8_lossy(&tail).trim()
+            ))
         }
     }
 }
 
-fn stderr_tail(bytes: &[u8]) -> String {
-    let start = bytes.len().saturating_sub(STDERR_TAIL);
-    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+/// Reads a stream to its end, keeping the last [`STDERR_TAIL`] bytes.
+async fn read_tail(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut tail = Vec::with_capacity(2 * STDERR_TAIL);
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > STDERR_TAIL {
+            tail.drain(..tail.len() - STDERR_TAIL);
+        }
+    }
+    tail
 }

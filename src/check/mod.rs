@@ -4,8 +4,6 @@
 
 mod report;
 
-pub(crate) use report::write_text;
-
 use std::io::Write;
 use std::time::SystemTime;
 

@@ -4,7 +4,6 @@
 //! is a [`RawBundle`] that `validate` turns into a `Bundle`.
 
 use std::fmt;
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -138,31 +137,39 @@ impl LoadError {
     }
 }
 
-/// Reads one file, refusing directories, FIFOs and sockets and anything over the size limit.
+/// Reads one file, refusing anything but regular files and character devices (read without
+/// blocking, so a tty or a FIFO swapped in cannot stall a reload) and anything over the limit.
 pub fn read_file(role: FileRole, path: &Path) -> Result<RawFile, LoadError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let io_err = |e: io::Error| classify_io(role, path, e);
-    let meta = std::fs::metadata(path).map_err(io_err)?;
-    let ft = meta.file_type();
+    let unreadable = |detail: &str| LoadError::Unreadable {
+        role,
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(io_err)?;
+    // Judge what was opened, not what the path named a moment earlier.
+    let ft = file.metadata().map_err(io_err)?.file_type();
     if ft.is_dir() {
-        return Err(LoadError::Unreadable {
-            role,
-            path: path.to_path_buf(),
-            detail: "it is a directory, not a file; pass the file inside it, or use --cert-dir for the directory".into(),
-        });
+        return Err(unreadable("it is a directory, not a file; pass the file inside it, or use --cert-dir for the directory"));
     }
     if !ft.is_file() && !is_char_device(&ft) {
-        // Opening a FIFO would block until a writer appears: refuse before open().
-        return Err(LoadError::Unreadable {
-            role,
-            path: path.to_path_buf(),
-            detail: "it is not a regular file (FIFO or socket)".into(),
-        });
+        return Err(unreadable("it is not a regular file (FIFO or socket)"));
     }
-    let file = File::open(path).map_err(io_err)?;
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_err)?;
+    match file.take(MAX_FILE_SIZE + 1).read_to_end(&mut bytes) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            return Err(unreadable(
+                "it is a device with nothing to read (not a credential file)",
+            ));
+        }
+        Err(e) => return Err(io_err(e)),
+    }
     if bytes.len() as u64 > MAX_FILE_SIZE {
         return Err(LoadError::TooLarge {
             role,
@@ -247,6 +254,15 @@ mod tests {
     fn dev_zero_is_too_large_without_reading_it_all() {
         let err = read_file(FileRole::Cert, Path::new("/dev/zero")).unwrap_err();
         assert_eq!(err.reason(), Reason::TooLarge);
+    }
+
+    #[test]
+    fn fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tls.crt");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = read_file(FileRole::Cert, &p).unwrap_err();
+        assert_eq!(err.reason(), Reason::Unreadable);
     }
 
     #[test]

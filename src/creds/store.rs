@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
-use super::validate::Bundle;
+use super::validate::{Bundle, CertFacts};
 use crate::events;
 use crate::metrics::Metrics;
 use crate::reason::Reason;
@@ -104,7 +104,7 @@ impl Store {
     }
 
     /// Records a refused update; the served bundle stays.
-    pub fn refuse(&self, reason: Reason, message: String) {
+    pub fn refuse(&self, reason: Reason, message: String, rejected: Option<&CertFacts>) {
         let current = self.current.load_full();
         events::reload_refused(
             &self.metrics,
@@ -112,6 +112,7 @@ impl Store {
             reason,
             &message,
             current.as_deref(),
+            rejected,
         );
         *self.lock_last_error() = Some(LastError {
             reason,

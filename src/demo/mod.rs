@@ -1,77 +1,156 @@
-//! `mtls-sidecar demo`: the first thing a newcomer runs. Today it writes a throwaway PKI (a CA,
-//! a server and a client certificate, made with rcgen) into two kubelet-style Secret volumes,
-//! validates both with `check`, and prints commands to try. The proxy part of the demo arrives
-//! with the `server` subcommand.
+//! `mtls-sidecar demo`: the first thing a newcomer runs. It writes a throwaway PKI (made with
+//! rcgen) into two kubelet-style Secret volumes (`server/`, `client/`), starts a tiny plaintext
+//! upstream app, runs `server --protocol http` in front of it, prints a ready-to-paste curl
+//! command, and renews the server certificate every `--rotate-every` with a kubelet-style
+//! `..data` swap, so the serial can be seen changing without a failed request. Ctrl-C stops it.
 
 mod pki;
+mod upstream;
 pub mod volume;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use tracing::{info, warn};
 
+use crate::app::{self, CorePlan, ServerPlan};
 use crate::check::check;
-use crate::cli::DemoArgs;
+use crate::cli::{DemoArgs, Listen};
 use crate::creds::paths::CredentialPaths;
 use crate::creds::validate::{Policy, Usage};
+use crate::proxy::authz::Allow;
+use crate::proxy::{ListenerConfig, Protocol, Target};
+use crate::reload::SetConfig;
+use crate::tls::MinTls;
 
-/// Writes the demo volumes and reports on them; returns the directory used.
-pub fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<PathBuf> {
+/// Writes the volumes, then serves until SIGINT/SIGTERM.
+pub async fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let dir = match &args.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("mtls-sidecar-demo-{}", std::process::id())),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let pki = pki::DemoPki::generate().context("generating the demo PKI")?;
-    for (name, leaf) in [("server", &pki.server), ("client", &pki.client)] {
-        let files = [
-            ("tls.crt", leaf.cert_pem.as_bytes()),
-            ("tls.key", leaf.key_pem.as_bytes()),
-            ("ca.crt", pki.ca_pem.as_bytes()),
-        ];
-        volume::write_generation(&dir.join(name), &files)
-            .with_context(|| format!("writing the {name} volume under {}", dir.display()))?;
-    }
-    writeln!(
-        out,
-        "demo PKI written to {} (kubelet layout: ..data -> timestamped dir)\n",
-        dir.display()
-    )?;
+    write_leaf(&dir.join("server"), &pki.server()?, &pki.ca_pem)?;
+    write_leaf(&dir.join("client"), &pki.client()?, &pki.ca_pem)?;
     for (name, usage) in [("server", Usage::Server), ("client", Usage::Client)] {
         let paths = CredentialPaths::resolve(Some(&dir.join(name)), None, None, None, None)?;
-        let policy = Policy {
-            usage,
-            ..Policy::default()
-        };
-        let report = check(&paths, &policy, SystemTime::now());
-        writeln!(out, "== {name} credentials ==")?;
-        crate::check::write_text(&report, out)?;
-        writeln!(out)?;
+        let report = check(
+            &paths,
+            &Policy {
+                usage,
+                ..Policy::default()
+            },
+            SystemTime::now(),
+        );
+        anyhow::ensure!(
+            report.valid,
+            "the demo's {name} credentials do not validate: {:?}",
+            report.failures
+        );
     }
-    write_next_steps(out, &dir)?;
-    Ok(dir)
+
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the demo upstream")?;
+    let upstream_addr = upstream.local_addr()?;
+    tokio::spawn(upstream::serve(upstream));
+
+    // Bind first, so the curl command names the real port (also with --listen 127.0.0.1:0).
+    let probe = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("--listen {}", args.listen))?;
+    let listen = probe.local_addr()?;
+    drop(probe);
+    let d = dir.display();
+    writeln!(
+        out,
+        "demo PKI in {d} (kubelet layout: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>)"
+    )?;
+    writeln!(
+        out,
+        "plaintext app on http://{upstream_addr}, mTLS in front of it on https://{listen}"
+    )?;
+    writeln!(
+        out,
+        "\ncall it like a client pod would (paste into another terminal):\n"
+    )?;
+    writeln!(
+        out,
+        "  curl --cert {d}/client/tls.crt --key {d}/client/tls.key --cacert {d}/client/ca.crt https://localhost:{}/\n",
+        listen.port()
+    )?;
+    writeln!(out, "without a client certificate the handshake is refused:\n\n  curl --cacert {d}/client/ca.crt https://localhost:{}/\n", listen.port())?;
+    match args.admin_listen {
+        Listen::On(a) => writeln!(
+            out,
+            "status and metrics: curl http://{a}/status   curl http://{a}/metrics\n"
+        )?,
+        Listen::Off => {}
+    }
+    writeln!(out, "the server certificate is renewed every {:?}: watch the serial change in the log below. Ctrl-C stops.\n", args.rotate_every)?;
+    out.flush()?;
+
+    if !args.rotate_every.is_zero() {
+        let server_dir = dir.join("server");
+        let period = args.rotate_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                tick.tick().await;
+                match pki
+                    .server()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|leaf| write_leaf(&server_dir, &leaf, &pki.ca_pem))
+                {
+                    Ok(()) => info!("demo: renewed the server certificate (kubelet-style swap)"),
+                    Err(e) => warn!(error = %e, "demo: renewing the server certificate failed"),
+                }
+            }
+        });
+    }
+
+    let paths = CredentialPaths::resolve(Some(&dir.join("server")), None, None, None, None)?;
+    let set = SetConfig {
+        name: "default".into(),
+        paths,
+        policy: Policy::default(),
+    };
+    app::run_server(ServerPlan {
+        core: CorePlan {
+            set,
+            poll_interval: Duration::from_secs(30),
+            debounce: Duration::from_millis(100),
+            admin: args.admin_listen,
+        },
+        listener: ListenerConfig {
+            name: "server".into(),
+            listen,
+            target: Target::Tcp(upstream_addr.to_string()),
+            protocol: Protocol::Http,
+            allow: Allow {
+                all: true,
+                ..Allow::default()
+            },
+            min_tls: MinTls::V12,
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 1000,
+            max_connection_age: None,
+        },
+        shutdown_grace: Duration::from_secs(5),
+    })
+    .await
 }
 
-fn write_next_steps(out: &mut dyn Write, dir: &Path) -> std::io::Result<()> {
-    let d = dir.display();
-    writeln!(out, "try next:")?;
-    writeln!(
-        out,
-        "  mtls-sidecar check --cert-dir {d}/server --expect-dns api.production.svc.cluster.local"
-    )?;
-    writeln!(
-        out,
-        "  mtls-sidecar check --cert-dir {d}/client --usage client --output json"
-    )?;
-    writeln!(
-        out,
-        "  mtls-sidecar check --cert-dir {d}/client   # a client cert used as server: wrong_usage"
-    )?;
-    writeln!(out, "  mtls-sidecar check --cert {d}/server/tls.crt --key {d}/client/tls.key --ca {d}/server/ca.crt   # key_mismatch")?;
-    writeln!(
-        out,
-        "(the TLS proxy part of the demo comes with `mtls-sidecar server`; see README \"Status\")"
-    )
+fn write_leaf(dir: &Path, leaf: &pki::DemoLeaf, ca_pem: &str) -> anyhow::Result<()> {
+    let files = [
+        ("tls.crt", leaf.cert_pem.as_bytes()),
+        ("tls.key", leaf.key_pem.as_bytes()),
+        ("ca.crt", ca_pem.as_bytes()),
+    ];
+    volume::write_generation(dir, &files)
+        .with_context(|| format!("writing the volume {}", dir.display()))
 }

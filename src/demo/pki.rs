@@ -1,10 +1,11 @@
-//! The demo's throwaway PKI, made with rcgen: an ECDSA P-256 CA, a server leaf for
-//! `api.production.svc.cluster.local`, `localhost` and 127.0.0.1 (serverAuth), and a client leaf
-//! `CN=web-app, OU=Web Services, O=Example Org` (clientAuth), as in our users' guide.
+//! The demo's throwaway PKI, made with rcgen: an ECDSA P-256 CA that stays in memory to sign
+//! rotations, server leaves for `localhost`, 127.0.0.1 and `api.production.svc.cluster.local`
+//! (serverAuth), and a client leaf `CN=web-app, OU=Web Services, O=Example Org` (clientAuth),
+//! as in our users' guide.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -15,8 +16,7 @@ pub(super) struct DemoLeaf {
 
 pub(super) struct DemoPki {
     pub(super) ca_pem: String,
-    pub(super) server: DemoLeaf,
-    pub(super) client: DemoLeaf,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl DemoPki {
@@ -24,6 +24,8 @@ impl DemoPki {
         let now = OffsetDateTime::now_utc();
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::default();
+        // A fresh name: the default one starts with a placeholder CN that would come first.
+        ca.distinguished_name = DistinguishedName::new();
         ca.distinguished_name
             .push(DnType::OrganizationName, "Example Org");
         ca.distinguished_name
@@ -33,47 +35,49 @@ impl DemoPki {
         ca.not_before = now - Duration::hours(1);
         ca.not_after = now + Duration::days(365);
         let ca_pem = ca.self_signed(&ca_key)?.pem();
-        let issuer = Issuer::new(ca, ca_key);
-
-        let mut server = CertificateParams::new(vec![
-            "api.production.svc.cluster.local".to_string(),
-            "localhost".to_string(),
-        ])?;
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "api.production.svc.cluster.local");
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-
-        let mut client = CertificateParams::default();
-        client
-            .distinguished_name
-            .push(DnType::OrganizationName, "Example Org");
-        client
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, "Web Services");
-        client
-            .distinguished_name
-            .push(DnType::CommonName, "web-app");
-        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-
-        let leaf = |mut params: CertificateParams| -> Result<DemoLeaf, rcgen::Error> {
-            params.not_before = now - Duration::minutes(5);
-            params.not_after = now + Duration::days(90);
-            params.is_ca = IsCa::ExplicitNoCa;
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            let key = KeyPair::generate()?;
-            Ok(DemoLeaf {
-                cert_pem: params.signed_by(&key, &issuer)?.pem(),
-                key_pem: key.serialize_pem(),
-            })
-        };
         Ok(DemoPki {
-            server: leaf(server)?,
-            client: leaf(client)?,
             ca_pem,
+            issuer: Issuer::new(ca, ca_key),
+        })
+    }
+
+    /// A new server certificate (new key, new serial) each call: what a renewal produces.
+    pub(super) fn server(&self) -> Result<DemoLeaf, rcgen::Error> {
+        let mut p = CertificateParams::new(vec![
+            "localhost".to_string(),
+            "api.production.svc.cluster.local".to_string(),
+        ])?;
+        p.subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        p.distinguished_name
+            .push(DnType::CommonName, "api.production.svc.cluster.local");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.leaf(p)
+    }
+
+    pub(super) fn client(&self) -> Result<DemoLeaf, rcgen::Error> {
+        let mut p = CertificateParams::default();
+        // DER order O, OU, CN: printed most specific first as CN=web-app,OU=Web Services,O=Example Org.
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::OrganizationName, "Example Org");
+        p.distinguished_name
+            .push(DnType::OrganizationalUnitName, "Web Services");
+        p.distinguished_name.push(DnType::CommonName, "web-app");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.leaf(p)
+    }
+
+    fn leaf(&self, mut params: CertificateParams) -> Result<DemoLeaf, rcgen::Error> {
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(90);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        Ok(DemoLeaf {
+            cert_pem: params.signed_by(&key, &self.issuer)?.pem(),
+            key_pem: key.serialize_pem(),
         })
     }
 }

@@ -327,22 +327,3 @@ fn leaf_signed_by_intermediate_shows_the_intermediate() {
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["intermediates"].as_array().unwrap().len(), 1);
 }
-
-#[test]
-fn demo_writes_valid_volumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin())
-        .args(["demo", "--dir", s(dir.path())])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    assert_eq!(text.matches("result        valid").count(), 2, "{text}");
-    let (code, _) = json(&[
-        "--cert-dir",
-        s(&dir.path().join("client")),
-        "--usage",
-        "client",
-    ]);
-    assert_eq!(code, 0);
-}

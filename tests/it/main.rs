@@ -3,8 +3,10 @@
 mod admin_endpoint;
 mod check_cli;
 mod check_openssl;
+mod demo;
 mod kubelet_scenarios;
 mod kubelet_volume;
+mod server_mode;
 mod support;
 mod support_selftest;
 mod validate_rules;

@@ -6,6 +6,7 @@
 // private to the test binary, so `pub` items are neither all used nor reachable.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cli_clients;
 pub mod fixture;
 pub mod inotify;
 pub mod kubelet;
@@ -13,6 +14,9 @@ pub mod openssl;
 pub mod pki;
 pub mod prom;
 pub mod sidecar;
+pub mod tcp_upstream;
+pub mod tls_client;
+pub mod upstream;
 pub mod writers;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
-//! `Sidecar`: a running `mtls-sidecar watch` with its admin endpoint on an ephemeral port,
-//! killed on Drop (also when the test panics, after printing its log). Helpers read
-//! `/status`, `/readyz` and `/metrics` (label-order-insensitive series lookup).
+//! `Sidecar`: a running `mtls-sidecar watch` (or `server`, whose proxy listener address
+//! `listen_addr()` gives) with its admin endpoint on an ephemeral port, killed on Drop
+//! (also when the test panics, after printing its log). Helpers read `/status`, `/readyz`
+//! and `/metrics` (label-order-insensitive series lookup).
 //! `ExecCounter` is the trailing `-- /bin/sh -c ...` action that appends one line per run.
 
 use std::ffi::OsStr;
@@ -24,12 +25,14 @@ pub static INOTIFY_GATE: RwLock<()> = RwLock::new(());
 /// How long to wait for the admin endpoint to come up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running `mtls-sidecar watch`. See the module docs.
+/// A running `mtls-sidecar watch` or `server`. See the module docs.
 pub struct Sidecar {
     child: Child,
     addr: String,
     agent: ureq::Agent,
     dir: TempDir,
+    /// The proxy listener's `host:port` (`server` only).
+    listen: Option<String>,
 }
 
 impl Sidecar {
@@ -48,6 +51,41 @@ impl Sidecar {
 
     /// `watch` without taking `INOTIFY_GATE` (for callers that hold it for writing).
     pub fn watch_ungated<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Sidecar {
+        Self::start("watch", args)
+    }
+
+    /// Start `mtls-sidecar server --admin-listen 127.0.0.1:0 --log-format json ARGS...` (give it
+    /// `--listen 127.0.0.1:0`) and wait (bounded) until it logs its admin address and the
+    /// `listener bound` line of listener `server`: `listen_addr()` is then known.
+    pub fn server<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Sidecar {
+        let _gate = INOTIFY_GATE.read().unwrap_or_else(|e| e.into_inner());
+        let mut sidecar = Self::start("server", args);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(addr) = listener_address(&sidecar.log(), "server") {
+                sidecar.listen = Some(addr);
+                return sidecar;
+            }
+            if let Ok(Some(status)) = sidecar.child.try_wait() {
+                panic!(
+                    "mtls-sidecar exited during startup ({status}):\n{}",
+                    sidecar.all_output()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no `listener bound` log line for listener `server` within \
+                     {STARTUP_TIMEOUT:?}:\n{}",
+                    sidecar.all_output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start `mtls-sidecar SUBCOMMAND --admin-listen 127.0.0.1:0 --log-format json ARGS...`
+    /// and wait (bounded) until it logs its admin address.
+    pub fn start<S: AsRef<OsStr>>(subcommand: &str, args: impl IntoIterator<Item = S>) -> Sidecar {
         let dir = tempfile::tempdir().expect("tempdir for sidecar logs");
         let stderr = fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
         let stdout = fs::File::create(dir.path().join("stdout.log")).expect("stdout log");
@@ -60,7 +98,7 @@ impl Sidecar {
         }
         let child = cmd
             .args([
-                "watch",
+                subcommand,
                 "--admin-listen",
                 "127.0.0.1:0",
                 "--log-format",
@@ -83,6 +121,7 @@ impl Sidecar {
             addr: String::new(),
             agent,
             dir,
+            listen: None,
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
@@ -113,6 +152,14 @@ impl Sidecar {
     /// `host:port` of the admin endpoint.
     pub fn admin_addr(&self) -> &str {
         &self.addr
+    }
+
+    /// `host:port` of the proxy listener (from its `listener bound` log line). Panics for a
+    /// sidecar not started with `Sidecar::server`.
+    pub fn listen_addr(&self) -> &str {
+        self.listen
+            .as_deref()
+            .expect("listen_addr() needs a sidecar started with Sidecar::server")
     }
 
     /// Stderr so far: the JSON log lines.
@@ -261,6 +308,26 @@ impl Sidecar {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Send `signal` to the process (e.g. `Signal::SIGTERM`) without waiting.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("send signal");
+    }
+
+    /// Wait up to `timeout` for the process to exit: its status, or None if still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for sidecar") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Send SIGTERM and wait (up to 10 s) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         use nix::sys::signal::{kill, Signal};
@@ -318,6 +385,14 @@ fn admin_address(log: &str) -> Option<String> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|v| v["fields"]["message"] == "admin endpoint listening")
+        .and_then(|v| v["fields"]["address"].as_str().map(str::to_string))
+}
+
+/// `fields.address` of the `listener bound` JSON log line of listener `name`.
+fn listener_address(log: &str, name: &str) -> Option<String> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "listener bound" && v["fields"]["listener"] == name)
         .and_then(|v| v["fields"]["address"].as_str().map(str::to_string))
 }
 

@@ -1,0 +1,442 @@
+#!/usr/bin/env bash
+# mtls-sidecar `server --protocol http` vs nginx (ssl_verify_client on + proxy_pass), same PKI,
+# same upstream, same machine, same run. Measures with oha (an independent load generator, built
+# against OpenSSL so clients do full handshakes with no session resumption):
+#   (a) full mTLS handshakes/s: one new TLS connection per request (oha --disable-keepalive)
+#   (b) keep-alive requests/s: CONC long-lived TLS connections
+# Runs alternate sidecar/nginx; the table shows the median of ROUNDS runs and sidecar/nginx ratios.
+#
+# Usage (as root, from anywhere):  bash bench/vs_nginx.sh
+# Knobs (environment):
+#   DURATION=10      seconds per measured run          CONC=32     concurrent connections
+#   ROUNDS=3         measured runs per cell            WARMUP=2    seconds of warm-up per cell
+#   KEY=rsa|ec       rsa = RSA 2048 (as in our users' guide), ec = ECDSA P-256, for CA, server, client
+#   PIN=1|0          1: proxy + upstream on CPU 0, load generator on CPU 1 (taskset); 0: no pinning
+#   NGINX_WORKERS    nginx worker_processes; default auto, or 1 with PIN=1 (one CPU for the proxy)
+#   SIDECAR_BIN=...  use this binary instead of `cargo build --release` in the repo
+#   KEEP_TMP=1       keep the temp dir (PKI, configs, logs, oha JSON)
+#   PORT_SIDECAR PORT_NGINX PORT_PROBE PORT_UPSTREAM   default: free ports picked at random
+# Install steps (apt nginx/jq/..., `cargo install oha`) run only when something is missing and
+# are not part of any measurement.
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+CONC=${CONC:-32}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2}
+KEY=${KEY:-rsa}
+PIN=${PIN:-1}
+OHA_VERSION=1.16.0
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+TOOLS="$HERE/.tools"
+OHA="$TOOLS/bin/oha"
+
+log() { printf '[vs_nginx] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "run as root (installs packages, starts nginx)"
+[[ $KEY == rsa || $KEY == ec ]] || die "KEY must be rsa or ec"
+
+# ---------------------------------------------------------------- install (not measured)
+need_apt=()
+command -v nginx >/dev/null || need_apt+=(nginx)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v jq >/dev/null || need_apt+=(jq)
+command -v taskset >/dev/null || need_apt+=(util-linux)
+if [[ ! -x $OHA ]] || [[ $("$OHA" --version 2>/dev/null) != "oha $OHA_VERSION" ]]; then
+    command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+    pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
+fi
+if ((${#need_apt[@]})); then
+    log "apt-get install ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    # Debian's postinst may start a system nginx on :80; it is not ours and is left alone.
+fi
+if [[ ! -x $OHA ]] || [[ $("$OHA" --version 2>/dev/null) != "oha $OHA_VERSION" ]]; then
+    log "cargo install oha $OHA_VERSION (native-tls/OpenSSL) into $TOOLS (a few minutes, once)"
+    cargo install --locked --quiet --root "$TOOLS" oha --version "$OHA_VERSION" \
+        --no-default-features --features native-tls
+fi
+if [[ -n ${SIDECAR_BIN:-} ]]; then
+    SIDECAR=$SIDECAR_BIN
+else
+    log "cargo build --release in $REPO"
+    (cd "$REPO" && cargo build --release --quiet)
+    SIDECAR="$REPO/target/release/mtls-sidecar"
+fi
+[[ -x $SIDECAR ]] || die "no sidecar binary at $SIDECAR"
+
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+TAKEN=" "
+pick_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 20000))
+        if [[ $TAKEN != *" $p "* ]] && ! in_use "$p"; then TAKEN+="$p "; echo "$p"; return; fi
+    done
+    die "no free port found"
+}
+for v in PORT_SIDECAR PORT_NGINX PORT_PROBE PORT_UPSTREAM; do
+    if [[ -n ${!v:-} ]]; then
+        in_use "${!v}" && die "$v=${!v}: 127.0.0.1:${!v} is already in use"
+        TAKEN+="${!v} "
+    fi
+done
+for v in PORT_SIDECAR PORT_NGINX PORT_PROBE PORT_UPSTREAM; do
+    [[ -n ${!v:-} ]] || printf -v "$v" '%s' "$(pick_port)"
+done
+
+# ---------------------------------------------------------------- processes + cleanup
+TMP=$(mktemp -d /tmp/mtls-bench.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+    local rc=$?
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ $PIN == 1 ]]; then
+    [[ $(nproc) -ge 2 ]] || die "PIN=1 needs 2 CPUs"
+    SRV=(taskset -c 0)
+    LOAD=(taskset -c 1)
+    OHA_THREADS=1
+    SRV_CPUS=1
+    # nginx 1.22's `auto` counts all CPUs, not the affinity mask: it would run 2 workers on 1 CPU.
+    NGINX_WORKERS=${NGINX_WORKERS:-1}
+else
+    NGINX_WORKERS=${NGINX_WORKERS:-auto}
+    SRV_CPUS=$(nproc)
+    SRV=()
+    LOAD=()
+    OHA_THREADS=$(nproc)
+fi
+
+# ---------------------------------------------------------------- PKI (openssl CLI)
+PKI="$TMP/pki"
+mkdir -p "$PKI"
+newkey() {
+    if [[ $KEY == rsa ]]; then
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1" 2>/dev/null
+    else
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null
+    fi
+}
+(
+    cd "$PKI"
+    newkey ca.key
+    openssl req -x509 -new -key ca.key -sha256 -days 2 -out ca.crt \
+        -subj "/O=Example Org/OU=Security/CN=mTLS Bench Root CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+    ku="digitalSignature"
+    [[ $KEY == rsa ]] && ku="digitalSignature,keyEncipherment"
+    newkey tls.key
+    openssl req -new -key tls.key -subj "/O=Example Org/CN=localhost" -out tls.csr
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,$ku" \
+        "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >server.ext
+    openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -sha256 \
+        -extfile server.ext -out tls.crt 2>/dev/null
+    newkey client.key
+    openssl req -new -key client.key -subj "/O=Example Org/OU=Web Services/CN=web-app" -out client.csr
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,$ku" \
+        "extendedKeyUsage=clientAuth" >client.ext
+    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -sha256 \
+        -extfile client.ext -out client.crt 2>/dev/null
+    openssl verify -CAfile ca.crt tls.crt client.crt >/dev/null
+)
+# The cert dir both proxies use, laid out like a mounted kubernetes.io/tls Secret.
+CERTS="$TMP/certs"
+mkdir -p "$CERTS"
+cp "$PKI/tls.crt" "$PKI/tls.key" "$PKI/ca.crt" "$CERTS/"
+chmod 600 "$CERTS/tls.key"
+
+# ---------------------------------------------------------------- upstream: nginx, plaintext
+mkdir -p "$TMP/upstream" "$TMP/nginx"
+temp_paths() {
+    local d=$1
+    printf '  client_body_temp_path %s/client_body;\n  proxy_temp_path %s/proxy;\n' "$d" "$d"
+    printf '  fastcgi_temp_path %s/fastcgi;\n  uwsgi_temp_path %s/uwsgi;\n  scgi_temp_path %s/scgi;\n' "$d" "$d" "$d"
+}
+cat >"$TMP/upstream/nginx.conf" <<EOF
+worker_processes 1;
+pid $TMP/upstream/nginx.pid;
+error_log $TMP/upstream/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+$(temp_paths "$TMP/upstream")
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:$PORT_UPSTREAM;
+    location / { default_type text/plain; return 200 "ok\n"; }
+  }
+}
+EOF
+
+# ---------------------------------------------------------------- nginx mTLS proxy (users' guide)
+# The guide's server block (ssl_verify_client on, ssl_client_certificate, ssl_verify_depth 2, the
+# $ssl_client_verify check, X-Client-Cert/X-Client-DN headers, proxy_pass), plus what the brief
+# asks for: keepalive to the upstream, worker_processes auto, access_log off. One change: the guide's
+# X-Client-Cert $ssl_client_cert (deprecated, tab-folded multi-line PEM) makes an nginx upstream
+# answer 400 ("client sent invalid header line"), so this uses $ssl_client_escaped_cert, the
+# URL-encoded PEM that nginx recommends instead, which is also the form the sidecar sends. And
+# `ssl_protocols TLSv1.2 TLSv1.3` is nginx's default since 1.23.4 (the guide runs nginx:1.25);
+# Debian 12's nginx 1.22 would otherwise default to TLS <= 1.2. Everything else is
+# nginx's default (e.g. keepalive_requests 1000 per client connection). A second server block on
+# PORT_PROBE is identical but logs, and is used only by the pre-flight checks, never measured.
+nginx_server_block() {
+    local port=$1 extra=$2
+    cat <<EOF
+  server {
+    listen 127.0.0.1:$port ssl;
+    server_name localhost;
+    $extra
+    ssl_certificate $CERTS/tls.crt;
+    ssl_certificate_key $CERTS/tls.key;
+    ssl_client_certificate $CERTS/ca.crt;
+    ssl_verify_client on;
+    ssl_verify_depth 2;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    if (\$ssl_client_verify != SUCCESS) { return 403; }
+    location / {
+      proxy_set_header X-Client-Cert \$ssl_client_escaped_cert;
+      proxy_set_header X-Client-DN \$ssl_client_s_dn;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://backend;
+    }
+  }
+EOF
+}
+cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes $NGINX_WORKERS;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+$(temp_paths "$TMP/nginx")
+  log_format probe '\$connection \$connection_requests \$ssl_session_reused \$ssl_protocol \$ssl_cipher \$status';
+  upstream backend {
+    server 127.0.0.1:$PORT_UPSTREAM;
+    keepalive 64;
+  }
+$(nginx_server_block "$PORT_NGINX" "")
+$(nginx_server_block "$PORT_PROBE" "access_log $TMP/nginx/probe.log probe;")
+}
+EOF
+
+log "starting upstream nginx on 127.0.0.1:$PORT_UPSTREAM, nginx mTLS on :$PORT_NGINX, sidecar on :$PORT_SIDECAR"
+"${SRV[@]}" nginx -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" -g 'daemon off;' \
+    >"$TMP/upstream/stdout.log" 2>&1 &
+PIDS+=($!)
+UPSTREAM_PID=$!
+"${SRV[@]}" nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' \
+    >"$TMP/nginx/stdout.log" 2>&1 &
+PIDS+=($!)
+NGINX_PID=$!
+"${SRV[@]}" "$SIDECAR" server --protocol http --cert-dir "$CERTS" \
+    --listen "127.0.0.1:$PORT_SIDECAR" --target "127.0.0.1:$PORT_UPSTREAM" \
+    --allow-all --admin-listen off >"$TMP/sidecar.log" 2>&1 &
+PIDS+=($!)
+SIDECAR_PID=$!
+
+CURL=(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$PKI/ca.crt")
+CLIENT=(--cert "$PKI/client.crt" --key "$PKI/client.key")
+wait_200() {
+    local url=$1 name=$2
+    for _ in $(seq 100); do
+        [[ $("${CURL[@]}" "${CLIENT[@]}" "$url" 2>/dev/null || true) == 200 ]] && return 0
+        sleep 0.1
+    done
+    log "--- $name logs:"
+    tail -n 20 "$TMP/sidecar.log" "$TMP/nginx/error.log" "$TMP/upstream/error.log" >&2 || true
+    die "$name did not answer 200 at $url"
+}
+for _ in $(seq 100); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT_UPSTREAM/" || true) == 200 ]] && break
+    sleep 0.1
+done
+[[ $(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT_UPSTREAM/") == 200 ]] || die "upstream down"
+wait_200 "https://127.0.0.1:$PORT_NGINX/" nginx
+wait_200 "https://127.0.0.1:$PORT_PROBE/" nginx-probe
+wait_200 "https://127.0.0.1:$PORT_SIDECAR/" sidecar
+
+# ---------------------------------------------------------------- pre-flight checks (not measured)
+# Both proxies must refuse a client without a certificate (the handshake fails, or nginx's 400).
+for p in "$PORT_SIDECAR" "$PORT_NGINX"; do
+    code=$("${CURL[@]}" "https://127.0.0.1:$p/" 2>/dev/null || true)
+    [[ $code != 200 ]] || die "127.0.0.1:$p answered 200 without a client certificate"
+done
+tls_params() {
+    local out pc kx sig
+    out=$(openssl s_client -connect "127.0.0.1:$1" -CAfile "$PKI/ca.crt" -cert "$PKI/client.crt" \
+        -key "$PKI/client.key" -verify_return_error </dev/null 2>/dev/null || true)
+    pc=$(sed -n 's/^New, \(.*\), Cipher is \(.*\)$/\1 \2/p' <<<"$out" | head -n1)
+    kx=$(sed -n 's/^Server Temp Key: \([^,]*\).*/\1/p' <<<"$out" | head -n1)
+    sig=$(sed -n 's/^Peer signature type: //p' <<<"$out" | head -n1)
+    [[ -n $pc ]] || die "openssl s_client could not complete an mTLS handshake with 127.0.0.1:$1"
+    echo "$pc, kx $kx, server sig $sig"
+}
+TLS_SIDECAR=$(tls_params "$PORT_SIDECAR")
+TLS_NGINX=$(tls_params "$PORT_NGINX")
+[[ ${TLS_SIDECAR%% *} == "${TLS_NGINX%% *}" ]] || die "TLS versions differ: sidecar $TLS_SIDECAR, nginx $TLS_NGINX"
+
+OHA_BASE=(--no-tui --output-format json --cacert "$PKI/ca.crt" --cert "$PKI/client.crt"
+    --key "$PKI/client.key" --worker-threads "$OHA_THREADS")
+# oha must do full handshakes (no resumption) in (a) and reuse connections in (b): checked on the
+# logging nginx block.
+"${LOAD[@]}" "$OHA" "${OHA_BASE[@]}" -n 400 -c 8 --disable-keepalive "https://127.0.0.1:$PORT_PROBE/" >/dev/null
+sleep 0.3
+reused=$(awk '$3 == "r"' "$TMP/nginx/probe.log" | wc -l)
+conns_a=$(awk '{print $1}' "$TMP/nginx/probe.log" | sort -u | wc -l)
+lines_a=$(wc -l <"$TMP/nginx/probe.log")
+[[ $reused -eq 0 ]] || die "load tool resumed $reused TLS sessions; handshakes would not be full"
+[[ $conns_a -eq $lines_a ]] || die "load tool reused connections with --disable-keepalive ($conns_a conns for $lines_a requests)"
+: >"$TMP/nginx/probe.log" # opened with O_APPEND by nginx: truncating is enough
+"${LOAD[@]}" "$OHA" "${OHA_BASE[@]}" -n 400 -c 8 "https://127.0.0.1:$PORT_PROBE/" >/dev/null
+sleep 0.3
+conns_b=$(awk '{print $1}' "$TMP/nginx/probe.log" | sort -u | wc -l)
+[[ $conns_b -le 16 ]] || die "keep-alive run opened $conns_b connections for 400 requests"
+log "pre-flight: (a) $lines_a requests on $conns_a new connections, $reused resumed; (b) 400 requests on $conns_b connections"
+
+# ---------------------------------------------------------------- measurements
+RES="$TMP/results"
+mkdir -p "$RES"
+# CPU time (clock ticks) used so far by a process and its direct children (nginx master + workers).
+TICK=$(getconf CLK_TCK)
+tree_ticks() {
+    local pids
+    mapfile -t pids < <(echo "$1"; pgrep -P "$1" || true)
+    for pid in "${pids[@]}"; do cat "/proc/$pid/stat" 2>/dev/null || true; done |
+        sed 's/.*) //' | awk '{t += $12 + $13} END {print t + 0}'
+}
+proxy_pid() { if [[ $1 == sidecar ]]; then echo "$SIDECAR_PID"; else echo "$NGINX_PID"; fi; }
+# user+nice+system ticks of all CPUs (irq/softirq left out: loopback traffic lands there)
+all_ticks() { awk '/^cpu /{print $2 + $3 + $4; exit}' /proc/stat; }
+# run_one NAME PORT MODE SECONDS OUTFILE
+#   -> "ok_per_s non200 errors p50_ms ok_per_proxy_cpu_s server_cpu_pct other_cpu_pct"
+# server_cpu_pct: CPU used by proxy + upstream, in % of the CPUs they may use (SRV_CPUS); well
+# under 100 with PIN=1 means the load generator, not the proxy, was the limit.
+# other_cpu_pct: CPU used meanwhile by processes that are not the proxy, the upstream or oha (e.g.
+# another build or test run on the machine), in % of all CPUs; high values mean a disturbed run.
+run_one() {
+    local name=$1 port=$2 mode=$3 secs=$4 out=$5 p0 p1 u0 u1 a0 a1 w0 w1 oha_s
+    local args=("${OHA_BASE[@]}" -z "${secs}s" -c "$CONC")
+    [[ $mode == hs ]] && args+=(--disable-keepalive)
+    p0=$(tree_ticks "$(proxy_pid "$name")"); u0=$(tree_ticks "$UPSTREAM_PID"); a0=$(all_ticks)
+    w0=$(date +%s.%N)
+    oha_s=$( { TIMEFORMAT='%3U %3S'; time "${LOAD[@]}" "$OHA" "${args[@]}" "https://127.0.0.1:$port/" >"$out" 2>"$out.err"; } 2>&1 )
+    w1=$(date +%s.%N)
+    p1=$(tree_ticks "$(proxy_pid "$name")"); u1=$(tree_ticks "$UPSTREAM_PID"); a1=$(all_ticks)
+    local stats
+    stats=$(awk -v p0="$p0" -v p1="$p1" -v u0="$u0" -v u1="$u1" -v a0="$a0" -v a1="$a1" -v hz="$TICK" \
+        -v w0="$w0" -v w1="$w1" -v oha="$oha_s" -v n="$(nproc)" -v sc="$SRV_CPUS" 'BEGIN {
+            split(oha, o, " "); proxy = (p1 - p0) / hz; other = (a1 - a0) / hz - proxy - (u1 - u0) / hz - o[1] - o[2]
+            if (other < 0) other = 0
+            srv = 100 * (proxy + (u1 - u0) / hz) / ((w1 - w0) * sc)
+            printf "{\"proxy_cpu\": %f, \"srv_pct\": %f, \"other_pct\": %f}", proxy, srv, 100 * other / ((w1 - w0) * n) }')
+    jq -r --argjson st "$stats" \
+        '[ ((.statusCodeDistribution["200"] // 0) / .summary.total),
+           (([.statusCodeDistribution | to_entries[] | select(.key != "200") | .value] | add) // 0),
+           (([.errorDistribution | to_entries[] | select(.key | test("deadline") | not) | .value] | add) // 0),
+           ((.latencyPercentiles.p50 // 0) * 1000),
+           (if $st.proxy_cpu > 0 then (.statusCodeDistribution["200"] // 0) / $st.proxy_cpu else 0 end),
+           $st.srv_pct, $st.other_pct ] | @tsv' "$out"
+}
+port_of() { if [[ $1 == sidecar ]]; then echo "$PORT_SIDECAR"; else echo "$PORT_NGINX"; fi; }
+
+nginx_workers=$(pgrep -c -P "$NGINX_PID" || true)
+sidecar_threads=$(ls "/proc/$SIDECAR_PID/task" | wc -l)
+log "warm-up: ${WARMUP}s per cell"
+for mode in hs ka; do
+    for name in sidecar nginx; do
+        run_one "$name" "$(port_of $name)" "$mode" "$WARMUP" "$RES/warmup-$name-$mode.json" >/dev/null
+    done
+done
+
+declare -A VALS EFF SRVP
+OTHER=""
+printf '\n%-5s %-4s %-8s %10s %7s %7s %8s %14s %8s %7s\n' round test proxy "ok/s" non200 errors "p50(ms)" "ok/proxy-cpu-s" "server%" "other%"
+for round in $(seq "$ROUNDS"); do
+    if ((round % 2)); then order=(sidecar nginx); else order=(nginx sidecar); fi
+    for mode in hs ka; do
+        for name in "${order[@]}"; do
+            line=$(run_one "$name" "$(port_of $name)" "$mode" "$DURATION" "$RES/r$round-$name-$mode.json")
+            read -r rps non200 errs p50 eff srv other <<<"$line"
+            VALS[$name-$mode]+="$rps "
+            EFF[$name-$mode]+="$eff "
+            SRVP[$name-$mode]+="$srv "
+            OTHER+="$other "
+            printf '%-5s %-4s %-8s %10.1f %7d %7d %8.2f %14.0f %8.0f %7.1f\n' "$round" "$mode" "$name" "$rps" "$non200" "$errs" "$p50" "$eff" "$srv" "$other"
+            if ((non200 > 0 || errs > 0)); then
+                log "WARNING: $name $mode round $round: $non200 non-200 responses, $errs errors (see JSON with KEEP_TMP=1)"
+            fi
+        done
+    done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{if(NR%2)print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+range() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR==1{lo=$1} {hi=$1} END{printf "%.0f-%.0f", lo, hi}'; }
+
+cpu_model=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)
+if [[ $PIN == 1 ]]; then
+    pinning="proxy+upstream on CPU 0, oha on CPU 1 (taskset)"
+else
+    pinning="none: proxy, upstream and oha share all $(nproc) CPUs"
+fi
+echo
+echo "mtls-sidecar vs nginx, mTLS, HTTP/1.1, same PKI/upstream/machine/run"
+echo "  machine:  $(nproc) CPUs ($cpu_model); pinning: $pinning"
+echo "  PKI:      $([[ $KEY == rsa ]] && echo 'RSA 2048' || echo 'ECDSA P-256') (CA, server, client), openssl CLI"
+echo "  TLS:      sidecar: $TLS_SIDECAR"
+echo "            nginx:   $TLS_NGINX"
+echo "  sidecar:  $("$SIDECAR" --version) ($sidecar_threads threads)"
+echo "  nginx:    $(nginx -v 2>&1 | sed 's/nginx version: //') ($nginx_workers workers), $(openssl version | cut -d' ' -f1-2)"
+echo "  upstream: nginx, 1 worker, return 200 \"ok\\n\""
+echo "  load:     $("$OHA" --version) (native-tls/OpenSSL, $OHA_THREADS threads), c=$CONC, ${DURATION}s per run, $ROUNDS alternating rounds"
+echo
+printf '%-30s %12s %12s %14s\n' "median of $ROUNDS runs" "sidecar" "nginx" "sidecar/nginx"
+ratio() { awk -v s="$1" -v n="$2" 'BEGIN{printf "%.2f", (n>0)?s/n:0}'; }
+for mode in hs ka; do
+    if [[ $mode == hs ]]; then label="full mTLS handshakes/s"; else label="keep-alive requests/s"; fi
+    s=$(median <<<"${VALS[sidecar-$mode]}")
+    n=$(median <<<"${VALS[nginx-$mode]}")
+    printf '%-30s %12.0f %12.0f %14s\n' "$label" "$s" "$n" "$(ratio "$s" "$n")"
+    printf '%-30s %12s %12s\n' "  (min-max)" "$(range <<<"${VALS[sidecar-$mode]}")" "$(range <<<"${VALS[nginx-$mode]}")"
+    s=$(median <<<"${EFF[sidecar-$mode]}")
+    n=$(median <<<"${EFF[nginx-$mode]}")
+    printf '%-30s %12.0f %12.0f %14s\n' "  per proxy CPU-second" "$s" "$n" "$(ratio "$s" "$n")"
+    s=$(median <<<"${SRVP[sidecar-$mode]}")
+    n=$(median <<<"${SRVP[nginx-$mode]}")
+    printf '%-30s %12.0f %12.0f\n' "  server CPU busy %" "$s" "$n"
+    if [[ $PIN == 1 ]]; then
+        for who in sidecar nginx; do
+            v=$(median <<<"${SRVP[$who-$mode]}")
+            if awk -v v="$v" 'BEGIN{exit !(v < 90)}'; then
+                echo "  note: $who's CPU was ${v%.*}% busy: oha (1 CPU) was the limit, so its $label is a lower bound"
+            fi
+        done
+    fi
+done
+other_max=$(tr ' ' '\n' <<<"$OTHER" | grep -v '^$' | sort -g | tail -n1)
+if awk -v o="$other_max" 'BEGIN{exit !(o > 5)}'; then
+    echo "WARNING: up to ${other_max}% of the CPUs went to other processes during a run; rerun on an idle machine"
+fi
+echo "  sidecar binary: $SIDECAR"
+echo "command: PIN=$PIN KEY=$KEY CONC=$CONC DURATION=$DURATION ROUNDS=$ROUNDS bash bench/vs_nginx.sh"

@@ -1,0 +1,401 @@
+//! `--protocol http`: what the upstream is told about the client (and cannot be lied to
+//! about), who the allow-lists admit, what the client gets when the upstream fails, and
+//! the connection-level behaviour (keep-alive, HTTP/2 via ALPN).
+
+use std::time::Instant;
+
+use super::*;
+use crate::support::cli_clients::{port_of, users_curl, users_curl_paths};
+use crate::support::pki::LeafSpec;
+use crate::support::require_tool;
+use crate::support::upstream::{Echoed, HttpUpstream};
+
+const SPIFFE_WEB: &str = "spiffe://cluster.local/ns/production/sa/web-app";
+
+/// Start `server --protocol http` with `extra` flags in front of a fresh upstream.
+fn proxy(extra: &[&str]) -> (Env, HttpUpstream, Sidecar) {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let sc = start_ready(&env, "http", &upstream.addr(), extra);
+    (env, upstream, sc)
+}
+
+/// The status a client with a leaf made from `spec` (signed by the root) gets for `GET /`.
+fn status_for(env: &Env, sc: &Sidecar, spec: &LeafSpec) -> u16 {
+    let leaf = env.pki.issue(spec);
+    client_for(env, &leaf)
+        .get(sc.listen_addr(), "/")
+        .unwrap_or_else(|e| panic!("request as {spec:?} failed: {e}\n{}", sc.log()))
+        .status
+}
+
+#[test]
+fn upstream_receives_the_client_identity_headers() {
+    let (env, _upstream, sc) = proxy(&["--allow-all"]);
+    let client = env.pki.issue(
+        &TestPki::client_spec()
+            .uris(&[SPIFFE_WEB])
+            .dns(&["web-app.production.svc"]),
+    );
+    let resp = client_for(&env, &client)
+        .get(sc.listen_addr(), "/id")
+        .expect("GET /id");
+    assert_eq!(resp.status, 200, "{}", resp.body_text());
+    let echoed = Echoed::parse(&resp.body);
+
+    assert_eq!(echoed.one("x-client-dn"), CLIENT_DN);
+    assert_eq!(echoed.one("x-client-verify"), "SUCCESS");
+    assert_eq!(echoed.one("x-forwarded-proto"), "https");
+    assert_eq!(echoed.one("x-forwarded-for"), "127.0.0.1");
+
+    // nginx $ssl_client_escaped_cert: the leaf PEM, URL-encoded (no raw spaces or newlines).
+    let escaped = echoed.one("x-client-cert");
+    assert!(
+        !escaped.contains(' ') && !escaped.contains('\n'),
+        "X-Client-Cert is not URL-encoded: {escaped:?}"
+    );
+    let pem = percent_decode(&escaped);
+    let (label, der) = pkcs1::der::pem::decode_vec(pem.as_bytes())
+        .unwrap_or_else(|e| panic!("X-Client-Cert does not decode to PEM ({e}): {pem:?}"));
+    assert_eq!(label, "CERTIFICATE");
+    assert_eq!(
+        der, client.cert_der,
+        "X-Client-Cert is not the client's leaf"
+    );
+
+    // Envoy XFCC.
+    let xfcc = echoed.one("x-forwarded-client-cert");
+    for part in [
+        format!("Hash={}", client.sha256_hex),
+        format!("Subject=\"{CLIENT_DN}\""),
+        format!("URI={SPIFFE_WEB}"),
+        "DNS=web-app.production.svc".to_string(),
+    ] {
+        assert!(
+            xfcc.split(';').any(|p| p == part),
+            "XFCC lacks `{part}`: {xfcc}"
+        );
+    }
+}
+
+#[test]
+fn client_sent_identity_headers_are_removed() {
+    let (env, _upstream, sc) = proxy(&["--allow-all"]);
+    let client = env.pki.client();
+    let mut conn = client_for(&env, &client)
+        .connect(sc.listen_addr())
+        .expect("handshake");
+    let spoofed = [
+        ("X-Client-DN", "CN=admin,O=Example Org"),
+        ("x-client-dn", "CN=root"),
+        ("X-Client-Verify", "SUCCESS-ish"),
+        ("X-Client-Cert", "-----BEGIN%20CERTIFICATE-----%0Aforged"),
+        ("X-Forwarded-Client-Cert", "Hash=00;Subject=\"CN=admin\""),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Request-Id", "kept"),
+    ];
+    let resp = conn
+        .request("GET", "/spoof", &spoofed, b"")
+        .expect("GET /spoof");
+    assert_eq!(resp.status, 200, "{}", resp.body_text());
+    let echoed = Echoed::parse(&resp.body);
+    assert_eq!(echoed.one("x-client-dn"), CLIENT_DN);
+    assert_eq!(echoed.one("x-client-verify"), "SUCCESS");
+    assert_eq!(echoed.one("x-forwarded-for"), "127.0.0.1");
+    assert_eq!(echoed.one("x-forwarded-proto"), "https");
+    let pem = percent_decode(&echoed.one("x-client-cert"));
+    assert!(
+        !pem.contains("forged"),
+        "client-sent X-Client-Cert kept: {pem}"
+    );
+    let xfcc = echoed.one("x-forwarded-client-cert");
+    assert!(
+        xfcc.contains(&format!("Hash={}", client.sha256_hex)) && !xfcc.contains("CN=admin"),
+        "{xfcc}"
+    );
+    assert_eq!(
+        echoed.one("x-request-id"),
+        "kept",
+        "an unrelated header was dropped"
+    );
+}
+
+#[test]
+fn keep_alive_connection_serves_many_requests() {
+    let (env, upstream, sc) = proxy(&["--allow-all"]);
+    let total = server_series("mtls_sidecar_connections_total");
+    let before = sc.counter(&total);
+    let mut conn = client_for(&env, &env.pki.client())
+        .connect(sc.listen_addr())
+        .expect("handshake");
+    for i in 0..20 {
+        let resp = conn
+            .get(&format!("/n/{i}"))
+            .expect("request on a kept-alive connection");
+        assert_eq!(resp.status, 200);
+        assert!(!resp.closes(), "request {i} got `Connection: close`");
+        assert_eq!(Echoed::parse(&resp.body).path, format!("/n/{i}"));
+    }
+    assert_eq!(sc.counter(&total) - before, 1.0, "one client connection");
+    assert!(
+        upstream.connections() <= 2,
+        "20 sequential requests opened {} upstream connections: no pooling",
+        upstream.connections()
+    );
+}
+
+#[test]
+fn requests_are_counted_by_status_code_and_timed() {
+    let (env, _upstream, sc) = proxy(&["--allow-cn", "web-app"]);
+    let client = client_for(&env, &env.pki.client());
+    for _ in 0..3 {
+        assert_eq!(client.get(sc.listen_addr(), "/").expect("GET").status, 200);
+    }
+    assert_eq!(
+        status_for(&env, &sc, &TestPki::client_spec().cn("intruder")),
+        403
+    );
+    let ok = r#"mtls_sidecar_http_requests_total{listener="server",code="200"}"#;
+    let denied = r#"mtls_sidecar_http_requests_total{listener="server",code="403"}"#;
+    assert!(
+        sc.wait_until(WAIT, || sc.counter(ok) >= 3.0),
+        "{}",
+        sc.metrics()
+    );
+    assert_eq!(sc.counter(ok), 3.0, "{}", sc.metrics());
+    assert_eq!(sc.counter(denied), 1.0, "{}", sc.metrics());
+    let timed = sc.counter(&server_series(
+        "mtls_sidecar_http_request_duration_seconds_count",
+    ));
+    assert!(timed >= 3.0, "histogram count {timed}:\n{}", sc.metrics());
+}
+
+#[test]
+fn allow_cn_admits_the_named_client() {
+    let (env, _upstream, sc) = proxy(&["--allow-cn", "web-app"]);
+    assert_eq!(status_for(&env, &sc, &TestPki::client_spec()), 200);
+}
+
+#[test]
+fn allow_cn_answers_403_with_one_line_to_another_client() {
+    let (env, upstream, sc) = proxy(&["--allow-cn", "web-app"]);
+    let other = env.pki.issue(&TestPki::client_spec().cn("web-app-2"));
+    let resp = client_for(&env, &other)
+        .get(sc.listen_addr(), "/")
+        .expect("a denied client still gets an HTTP answer");
+    assert_eq!(resp.status, 403, "{}", resp.body_text());
+    let body = resp.body_text();
+    assert_eq!(
+        body.trim_end().lines().count(),
+        1,
+        "body is not one line: {body:?}"
+    );
+    assert_eq!(
+        upstream.requests_started(),
+        0,
+        "a denied request reached the upstream"
+    );
+    let denied = server_series("mtls_sidecar_authz_denied_total");
+    assert!(
+        sc.wait_until(WAIT, || sc.counter(&denied) == 1.0),
+        "{}",
+        sc.metrics()
+    );
+    // Logged with the client's subject.
+    let logged = sc.wait_until(WAIT, || {
+        sc.log()
+            .lines()
+            .any(|l| l.contains("\"level\":\"WARN\"") && l.contains("CN=web-app-2"))
+    });
+    assert!(
+        logged,
+        "no warning naming the denied subject:\n{}",
+        sc.log()
+    );
+}
+
+#[test]
+fn repeated_allow_flags_admit_a_client_matching_any_of_them() {
+    let (env, _upstream, sc) = proxy(&[
+        "--allow-cn",
+        "batch",
+        "--allow-cn",
+        "web-app",
+        "--allow-uri",
+        SPIFFE_WEB,
+    ]);
+    assert_eq!(status_for(&env, &sc, &TestPki::client_spec()), 200);
+    assert_eq!(
+        status_for(&env, &sc, &TestPki::client_spec().cn("batch")),
+        200
+    );
+    let by_uri = TestPki::client_spec().cn("renamed").uris(&[SPIFFE_WEB]);
+    assert_eq!(status_for(&env, &sc, &by_uri), 200);
+    assert_eq!(
+        status_for(&env, &sc, &TestPki::client_spec().cn("other")),
+        403
+    );
+}
+
+#[test]
+fn allow_ou_admits_members_of_the_unit_only() {
+    let (env, _upstream, sc) = proxy(&["--allow-ou", "Web Services"]);
+    assert_eq!(status_for(&env, &sc, &TestPki::client_spec()), 200);
+    let billing = TestPki::client_spec().subject_ou("Billing");
+    assert_eq!(status_for(&env, &sc, &billing), 403);
+}
+
+#[test]
+fn allow_dns_matches_a_dns_san_of_the_client() {
+    let (env, _upstream, sc) = proxy(&["--allow-dns", "web-app.production.svc"]);
+    let named = TestPki::client_spec().dns(&["web-app.production.svc"]);
+    assert_eq!(status_for(&env, &sc, &named), 200);
+    let other = TestPki::client_spec().dns(&["batch.production.svc"]);
+    assert_eq!(status_for(&env, &sc, &other), 403);
+    // The CN is not a DNS SAN.
+    let cn_only = TestPki::client_spec().cn("web-app.production.svc");
+    assert_eq!(status_for(&env, &sc, &cn_only), 403);
+}
+
+#[test]
+fn allow_uri_single_segment_wildcard_matches_one_segment() {
+    let (env, _upstream, sc) = proxy(&["--allow-uri", "spiffe://cluster.local/ns/production/sa/*"]);
+    let with_uri = |uri: &str| TestPki::client_spec().uris(&[uri]);
+    for (uri, want) in [
+        ("spiffe://cluster.local/ns/production/sa/web-app", 200),
+        ("spiffe://cluster.local/ns/production/sa/batch", 200),
+        ("spiffe://cluster.local/ns/production/sa/web-app/extra", 403),
+        ("spiffe://cluster.local/ns/staging/sa/web-app", 403),
+        ("spiffe://other.domain/ns/production/sa/web-app", 403),
+    ] {
+        assert_eq!(status_for(&env, &sc, &with_uri(uri)), want, "{uri}");
+    }
+}
+
+#[test]
+fn allow_uri_double_star_wildcard_matches_any_suffix() {
+    let (env, _upstream, sc) = proxy(&["--allow-uri", "spiffe://cluster.local/ns/production/**"]);
+    let with_uri = |uri: &str| TestPki::client_spec().uris(&[uri]);
+    for (uri, want) in [
+        ("spiffe://cluster.local/ns/production/sa/web-app", 200),
+        (
+            "spiffe://cluster.local/ns/production/sa/web-app/extra/deep",
+            200,
+        ),
+        // A prefix match must stop at a segment boundary.
+        ("spiffe://cluster.local/ns/production-evil/sa/web-app", 403),
+        ("spiffe://cluster.local/ns/staging/sa/web-app", 403),
+    ] {
+        assert_eq!(status_for(&env, &sc, &with_uri(uri)), want, "{uri}");
+    }
+}
+
+#[test]
+fn unreachable_upstream_answers_502_and_is_counted() {
+    let (env, _) = env_with_server();
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("ephemeral port")
+        .to_string();
+    let sc = start_ready(&env, "http", &closed, &["--allow-all"]);
+    let resp = client_for(&env, &env.pki.client())
+        .get(sc.listen_addr(), "/")
+        .expect("an HTTP answer even when the upstream is down");
+    assert_eq!(resp.status, 502, "{}", resp.body_text());
+    let failures = server_series("mtls_sidecar_upstream_failures_total");
+    assert!(
+        sc.wait_until(WAIT, || sc.counter(&failures) >= 1.0),
+        "{}",
+        sc.metrics()
+    );
+}
+
+/// What bounds the wait for a slow upstream is `--idle-timeout` (SPEC.md has no separate
+/// upstream response timeout).
+#[test]
+fn slow_upstream_answers_504_and_is_counted() {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let sc = start_ready(
+        &env,
+        "http",
+        &upstream.addr(),
+        &["--allow-all", "--idle-timeout", "1s"],
+    );
+    let started = Instant::now();
+    let resp = client_for(&env, &env.pki.client())
+        .get(sc.listen_addr(), "/slow?delay_ms=8000")
+        .expect("an HTTP answer when the upstream is slow");
+    assert_eq!(resp.status, 504, "{}", resp.body_text());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(7),
+        "504 only after {:?}: the upstream answered first?",
+        started.elapsed()
+    );
+    let failures = server_series("mtls_sidecar_upstream_failures_total");
+    assert!(
+        sc.wait_until(WAIT, || sc.counter(&failures) >= 1.0),
+        "{}",
+        sc.metrics()
+    );
+}
+
+#[test]
+fn alpn_negotiates_h2_when_offered_and_http_1_1_otherwise() {
+    let (env, _upstream, sc) = proxy(&["--allow-all"]);
+    let client = env.pki.client();
+    let h2 = TlsClient::builder(&env.pki.root.cert_pem)
+        .leaf(&client)
+        .alpn(&["h2", "http/1.1"])
+        .build();
+    let conn = h2.connect(sc.listen_addr()).expect("handshake offering h2");
+    assert_eq!(conn.alpn.as_deref(), Some("h2"));
+    let h1 = TlsClient::builder(&env.pki.root.cert_pem)
+        .leaf(&client)
+        .alpn(&["http/1.1"])
+        .build();
+    let mut conn = h1
+        .connect(sc.listen_addr())
+        .expect("handshake offering http/1.1");
+    assert_eq!(conn.alpn.as_deref(), Some("http/1.1"));
+    assert_eq!(conn.get("/").expect("GET over http/1.1").status, 200);
+}
+
+#[test]
+fn curl_http2_reaches_the_upstream_with_identity_headers() {
+    if !require_tool("curl") {
+        return;
+    }
+    let (env, _upstream, sc) = proxy(&["--allow-all"]);
+    let dir = curl_dir(&env, &env.pki.client());
+    let port = port_of(sc.listen_addr());
+    let res = users_curl(dir.path(), port, "/h2", &["--http2"]);
+    assert_eq!(res.http_code, 200, "{res:?}\n{}", sc.log());
+    assert_eq!(res.http_version, "2", "{res:?}");
+    let echoed = Echoed::parse(res.body.as_bytes());
+    assert_eq!(echoed.path, "/h2");
+    assert_eq!(echoed.one("x-client-dn"), CLIENT_DN);
+}
+
+#[test]
+fn http2_requests_share_one_connection() {
+    if !require_tool("curl") {
+        return;
+    }
+    let (env, _upstream, sc) = proxy(&["--allow-all"]);
+    let dir = curl_dir(&env, &env.pki.client());
+    let port = port_of(sc.listen_addr());
+    let res = users_curl_paths(dir.path(), port, &["/a", "/b", "/c"], &["--http2"]);
+    let seen: Vec<_> = res
+        .transfers
+        .iter()
+        .map(|t| (t.http_code, t.http_version.as_str(), t.num_connects))
+        .collect();
+    assert_eq!(
+        seen,
+        [(200, "2", 1), (200, "2", 0), (200, "2", 0)],
+        "{res:?}"
+    );
+}

@@ -1,0 +1,248 @@
+//! `HttpUpstream`: a plaintext HTTP/1.1 server (hyper, on its own tokio runtime in a
+//! background thread) on `127.0.0.1:0`, stopped on Drop, that answers every request with 200
+//! and a JSON echo of what it received: `{"method", "path", "headers": {lowercased name:
+//! [values...]}, "body"}`. A request can be slowed down with `?delay_ms=N` in its query, or
+//! every request with `set_delay`. It counts connections and requests. `Echoed` parses its
+//! replies. The byte-level upstream for `--protocol tcp` is `tcp_upstream.rs`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+// === HttpUpstream ===
+
+#[derive(Default)]
+struct HttpState {
+    connections: AtomicUsize,
+    /// Requests whose head arrived (counted before any delay).
+    started: AtomicUsize,
+    /// Requests answered.
+    finished: AtomicUsize,
+    delay_ms: AtomicU64,
+}
+
+/// A plaintext HTTP/1.1 echo server. See the module docs.
+pub struct HttpUpstream {
+    addr: SocketAddr,
+    state: Arc<HttpState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpUpstream {
+    /// Listen on `127.0.0.1:0` and serve until dropped.
+    pub fn start() -> HttpUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("upstream address");
+        let state = Arc::new(HttpState::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread_state = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("http-upstream".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("upstream runtime");
+                rt.block_on(serve_http(listener, thread_state, stopped));
+                // Dropping the runtime cancels every connection task.
+            })
+            .expect("spawn upstream thread");
+        HttpUpstream {
+            addr,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// `127.0.0.1:PORT`, for `--target`.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far (counted when the head arrives, before any delay).
+    pub fn requests_started(&self) -> usize {
+        self.state.started.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered so far.
+    pub fn requests_finished(&self) -> usize {
+        self.state.finished.load(Ordering::SeqCst)
+    }
+
+    /// Delay every later response by `delay` (a request's own `?delay_ms=N` wins).
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Drop for HttpUpstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        state.connections.fetch_add(1, Ordering::SeqCst);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| echo(req, state.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn echo(
+    req: Request<Incoming>,
+    state: Arc<HttpState>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    state.started.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in &parts.headers {
+        headers
+            .entry(name.as_str().to_ascii_lowercase())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let delay_ms = parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("delay_ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| state.delay_ms.load(Ordering::SeqCst));
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let reply = json!({
+        "method": parts.method.as_str(),
+        "path": path,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    state.finished.fetch_add(1, Ordering::SeqCst);
+    let response = Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(reply.to_string())))
+        .expect("valid response");
+    Ok(response)
+}
+
+/// What `HttpUpstream` received, parsed from its JSON reply.
+#[derive(Debug, Clone)]
+pub struct Echoed {
+    pub method: String,
+    pub path: String,
+    /// Lowercased header name -> every value, in arrival order.
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub body: String,
+}
+
+impl Echoed {
+    /// Parse a reply body of `HttpUpstream`; panics (with the body) if it is not one.
+    pub fn parse(body: &[u8]) -> Echoed {
+        let v: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+            panic!(
+                "not an upstream echo ({e}): {}",
+                String::from_utf8_lossy(body)
+            )
+        });
+        let headers = v["headers"]
+            .as_object()
+            .map(|h| {
+                h.iter()
+                    .map(|(k, vals)| {
+                        let vals = vals
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|x| x.as_str().unwrap_or("").to_string())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        (k.clone(), vals)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Echoed {
+            method: v["method"].as_str().unwrap_or("").to_string(),
+            path: v["path"].as_str().unwrap_or("").to_string(),
+            headers,
+            body: v["body"].as_str().unwrap_or("").to_string(),
+        }
+    }
+
+    /// Every value of header `name` (any case) the upstream received.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The single value of header `name`; panics if it came zero or several times.
+    pub fn one(&self, name: &str) -> String {
+        match self.all(name).as_slice() {
+            [one] => one.clone(),
+            other => panic!(
+                "upstream got {} `{name}` headers, expected exactly one: {other:?}; all headers: {:?}",
+                other.len(),
+                self.headers
+            ),
+        }
+    }
+}
