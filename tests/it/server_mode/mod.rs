@@ -11,6 +11,7 @@
 //! - `rotation`: leaf and CA rotation under load, `--max-connection-age`
 //! - `lifecycle`: usage errors, before the first bundle, drain on SIGTERM, connection limits
 
+mod grpc;
 mod handshake;
 mod http;
 mod lifecycle;
