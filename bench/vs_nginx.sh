@@ -383,7 +383,9 @@ for round in $(seq "$ROUNDS"); do
             EFF[$name-$mode]+="$eff "
             SRVP[$name-$mode]+="$srv "
             OTHER+="$other "
-            printf '%-5s %-4s %-8s %10.1f %7d %7d %8.2f %14.0f %8.0f %7.1f\n' "$round" "$mode" "$name" "$rps" "$non200" "$errs" "$p50" "$eff" "$srv" "$other"
+            mark=""
+            awk -v o="$other" 'BEGIN{exit !(o > 2)}' && mark=" *"
+            printf '%-5s %-4s %-8s %10.1f %7d %7d %8.2f %14.0f %8.0f %7.1f%s\n' "$round" "$mode" "$name" "$rps" "$non200" "$errs" "$p50" "$eff" "$srv" "$other" "$mark"
             if ((non200 > 0 || errs > 0)); then
                 log "WARNING: $name $mode round $round: $non200 non-200 responses, $errs errors (see JSON with KEEP_TMP=1)"
             fi
@@ -435,8 +437,8 @@ for mode in hs ka; do
     fi
 done
 other_max=$(tr ' ' '\n' <<<"$OTHER" | grep -v '^$' | sort -g | tail -n1)
-if awk -v o="$other_max" 'BEGIN{exit !(o > 5)}'; then
-    echo "WARNING: up to ${other_max}% of the CPUs went to other processes during a run; rerun on an idle machine"
+if awk -v o="$other_max" 'BEGIN{exit !(o > 2)}'; then
+    echo "WARNING: runs marked * lost over 2% of the CPUs (up to $(printf '%.0f' "$other_max")%) to other processes; rerun on an idle machine"
 fi
 echo "  sidecar binary: $SIDECAR"
 echo "command: PIN=$PIN KEY=$KEY CONC=$CONC DURATION=$DURATION ROUNDS=$ROUNDS bash bench/vs_nginx.sh"

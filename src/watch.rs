@@ -187,7 +187,9 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
 struct Debouncer {
     quiet: Duration,
     max_wait: Duration,
-    last_fire: Option<Instant>,
+    /// When a commit last loaded at once (trailing fires do not count: kubelet's own clean-up
+    /// after a swap causes one, and it must not delay the next swap).
+    last_immediate: Option<Instant>,
     /// First and latest event of the pending burst.
     pending: Option<(Instant, Instant, Trigger)>,
 }
@@ -197,7 +199,7 @@ impl Debouncer {
         Debouncer {
             quiet,
             max_wait,
-            last_fire: None,
+            last_immediate: None,
             pending: None,
         }
     }
@@ -205,15 +207,15 @@ impl Debouncer {
     /// Records an event; returns a trigger to send now, if any.
     fn event(&mut self, now: Instant, kind: Trigger) -> Option<Trigger> {
         let immediate = matches!(kind, Trigger::Commit | Trigger::Rescan);
-        // A commit loads at once only if nothing fired within the max wait: kubelet swaps are a
-        // minute apart, while a storm of swaps is paced like any other burst of events.
+        // At most one commit per max wait loads at once: kubelet swaps are a minute apart,
+        // while a storm of swaps is paced like any other burst of events.
         let rested = self
-            .last_fire
+            .last_immediate
             .is_none_or(|t| now.duration_since(t) >= self.max_wait);
         if immediate && rested {
             // Events pending before a commit were the writing of this very generation.
             self.pending = None;
-            self.last_fire = Some(now);
+            self.last_immediate = Some(now);
             return Some(kind);
         }
         self.pending = Some(match self.pending {
@@ -230,10 +232,7 @@ impl Debouncer {
 
     fn expire(&mut self, now: Instant) -> Option<Trigger> {
         match self.deadline() {
-            Some(d) if d <= now => {
-                self.last_fire = Some(now);
-                self.pending.take().map(|(_, _, k)| k)
-            }
+            Some(d) if d <= now => self.pending.take().map(|(_, _, k)| k),
             _ => None,
         }
     }
@@ -314,6 +313,20 @@ mod tests {
         // More than the max wait later the watcher is rested: at once.
         assert!(d
             .event(t0 + Duration::from_millis(1800), Trigger::Commit)
+            .is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clean_up_after_a_swap_does_not_delay_the_next_swap() {
+        let mut d = Debouncer::new(Q, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert!(d.event(t0, Trigger::Commit).is_some());
+        // Kubelet's steps 10-12 right after the rename: a trailing fire.
+        assert_eq!(d.event(t0 + Duration::from_millis(5), Trigger::Event), None);
+        assert!(d.expire(t0 + Duration::from_millis(105)).is_some());
+        // The next swap, a little over the max wait after the previous commit: at once.
+        assert!(d
+            .event(t0 + Duration::from_millis(1050), Trigger::Commit)
             .is_some());
     }
 
