@@ -16,11 +16,13 @@
 //! - [`watch`]: notify on parent directories + debounce + poll -> `Trigger`.
 //! - [`reload`]: per set: trigger -> snapshot -> validate -> store (with brief retries).
 //! - [`actions`]: what `watch` runs after a publish (today: the trailing `-- PROGRAM`).
+//! - [`tls`]: the only place that builds rustls configs.
+//! - [`proxy`]: `server`'s TLS listener: accept, handshake, allow-list, tcp copy or http proxy.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
 //! - [`metrics`], [`events`]: metric families, and the one place that logs and counts each event.
 //! - [`app`]: wires the stages of a long-running subcommand and shuts them down on SIGTERM.
 //! - [`check`]: the `check` subcommand: run validation once and report (text or JSON).
-//! - [`demo`]: the `demo` subcommand: a throwaway PKI in a kubelet-style volume to try things on.
+//! - [`demo`]: the `demo` subcommand: throwaway PKI, plaintext app, `server` in front, rotation.
 //! - [`reason`]: the SPEC reason codes shared by every stage.
 #![forbid(unsafe_code)]
 
