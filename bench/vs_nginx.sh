@@ -108,6 +108,8 @@ cleanup() {
     if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     exit "$rc"
 }
+# Ctrl-C reaches oha too and stops at once; a SIGTERM to this script alone takes effect when the
+# current oha run ends (at most DURATION s), then everything started here is stopped.
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
