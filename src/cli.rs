@@ -171,6 +171,34 @@ pub struct WatchArgs {
     pub reload: ReloadArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
+    /// Signal to send to the target after each validated change (HUP, USR1, USR2, ...; default HUP).
+    #[arg(long, env = "MTLS_SIDECAR_SIGNAL", value_name = "NAME")]
+    pub signal: Option<String>,
+    /// Signal the PID in this file (e.g. /var/run/nginx.pid on a shared volume).
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_PID_FILE",
+        value_name = "FILE",
+        group = "signal_target"
+    )]
+    pub pid_file: Option<PathBuf>,
+    /// Signal processes with this name (/proc/*/comm) whose parent has another name: nginx's
+    /// master, not its workers. Needs `shareProcessNamespace: true`.
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_PROCESS_NAME",
+        value_name = "NAME",
+        group = "signal_target"
+    )]
+    pub process_name: Option<String>,
+    /// Signal this PID.
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_PID",
+        value_name = "N",
+        group = "signal_target"
+    )]
+    pub pid: Option<i32>,
     /// Act on the first valid bundle at start-up too (by default the app is assumed to have
     /// started with those files).
     #[arg(long, env = "MTLS_SIDECAR_ACT_ON_START")]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use mtls_sidecar::actions::signal::{parse_signal, SignalAction, SignalTarget};
 use mtls_sidecar::actions::{exec::ExecAction, Action, Pacing};
 use mtls_sidecar::app::{self, CorePlan, ServerPlan, WatchPlan};
 use mtls_sidecar::cli::{non_empty, Cli, Command, LogFormat, ServerArgs, WatchArgs};
@@ -60,6 +61,29 @@ fn main() -> ExitCode {
 fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
     let paths = args.creds.paths().map_err(|e| e.to_string())?;
     let mut actions = Vec::new();
+    let target = match (&args.pid_file, &args.process_name, args.pid) {
+        (Some(f), _, _) => Some(SignalTarget::PidFile(f.clone())),
+        (_, Some(n), _) => Some(SignalTarget::ProcessName(n.clone())),
+        (_, _, Some(p)) => Some(SignalTarget::Pid(p)),
+        _ => None,
+    };
+    match (target, &args.signal) {
+        (Some(target), name) => {
+            let signal = parse_signal(name.as_deref().unwrap_or("HUP"))
+                .map_err(|e| format!("--signal: {e}"))?;
+            actions.push(Action::Signal(SignalAction {
+                signal,
+                target,
+                proc_root: "/proc".into(),
+            }));
+        }
+        (None, Some(_)) => {
+            return Err(
+                "--signal needs a target: --pid-file FILE, --process-name NAME or --pid N".into(),
+            );
+        }
+        (None, None) => {}
+    }
     if let Some((program, rest)) = args.command.split_first() {
         actions.push(Action::Exec(ExecAction {
             program: program.clone(),

@@ -6,6 +6,7 @@
 //! with those files.
 
 pub mod exec;
+pub mod signal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,18 +29,21 @@ const RETRY_BACKOFF: [Duration; 5] = [
 /// One configured action.
 #[derive(Clone, Debug)]
 pub enum Action {
+    Signal(signal::SignalAction),
     Exec(exec::ExecAction),
 }
 
 impl Action {
     pub fn name(&self) -> &'static str {
         match self {
+            Action::Signal(_) => "signal",
             Action::Exec(_) => "exec",
         }
     }
 
     async fn run(&self, set: &str, published: &Published) -> Result<String, String> {
         match self {
+            Action::Signal(a) => a.run().await,
             Action::Exec(a) => a.run(set, published).await,
         }
     }

@@ -10,3 +10,4 @@ mod server_mode;
 mod support;
 mod support_selftest;
 mod validate_rules;
+mod watch_signal;

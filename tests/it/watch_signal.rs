@@ -1,0 +1,229 @@
+//! `watch --signal ... --pid-file|--pid`: the signal reaches the app once per real change, never
+//! for a no-op resync or a broken update; and with a real nginx (as in our users' guide) the
+//! reload makes nginx serve the new certificate.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::fixture::{tls_files, Env};
+use crate::support::pki::TestPki;
+use crate::support::require_tool;
+use crate::support::sidecar::{wait_until, Sidecar};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Kills (and reaps) a helper process on Drop.
+struct Reaped(Child);
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A shell that appends a line to `log` on every SIGHUP.
+fn hup_counter(log: &Path) -> Reaped {
+    let script = format!(
+        "trap 'echo hup >> {}' HUP; while :; do sleep 0.05; done",
+        log.display()
+    );
+    Reaped(
+        Command::new("/bin/sh")
+            .args(["-c", &script])
+            .spawn()
+            .expect("sh"),
+    )
+}
+
+fn lines(p: &Path) -> usize {
+    std::fs::read_to_string(p)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sighup_once_per_real_change_never_for_noise_or_broken_updates() {
+    let (mut env, first) = Env::with_first(TestPki::server);
+    let log = env.tmp().join("hups");
+    let app = hup_counter(&log);
+    let pid_file = env.tmp().join("app.pid");
+    std::fs::write(&pid_file, format!("{}\n", app.0.id())).unwrap();
+    let dir = env.dir().display().to_string();
+    let sc = Sidecar::watch([
+        "--cert-dir",
+        &dir,
+        "--poll-interval",
+        "1s",
+        "--min-interval",
+        "0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    assert!(sc.wait_until(WAIT, || sc.generation() == 1), "{}", sc.log());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lines(&log), 0, "the first bundle is not signalled");
+
+    let second = env.pki.server();
+    env.publish(&second);
+    assert!(
+        wait_until(WAIT, || lines(&log) == 1),
+        "no SIGHUP after a real change\n{}",
+        sc.log()
+    );
+    assert_eq!(
+        sc.counter(r#"mtls_sidecar_actions_total{set="default",action="signal",result="success"}"#),
+        1.0
+    );
+
+    // Kubelet's resyncs and a broken update: no signal.
+    for _ in 0..3 {
+        env.vol.resync();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut broken = tls_files(&first, &env.pki.root.cert_pem);
+    broken[1].1 = env.pki.server().key_pkcs8_pem.into_bytes();
+    env.vol.write(&broken);
+    assert!(sc.wait_until(WAIT, || sc.last_error_reason().as_deref()
+        == Some("key_mismatch")));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lines(&log), 1, "signalled for noise or a broken update");
+    assert_eq!(sc.serial().as_deref(), Some(second.serial_hex.as_str()));
+}
+
+#[test]
+fn signal_usage_errors_exit_2() {
+    let env = Env::new();
+    let dir = env.dir().display().to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["watch", "--cert-dir", &dir];
+        args.extend_from_slice(extra);
+        Command::new(crate::support::bin())
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let no_target = run(&["--signal", "HUP"]);
+    assert_eq!(no_target.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_target.stderr).contains("--pid-file"));
+    assert_eq!(
+        run(&["--pid", "42", "--signal", "NOPE"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&["--pid", "42", "--process-name", "nginx"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn pid_1_is_refused_and_counted_as_failure() {
+    let (env, _) = Env::with_first(TestPki::server);
+    let dir = env.dir().display().to_string();
+    let sc = Sidecar::watch([
+        "--cert-dir",
+        &dir,
+        "--poll-interval",
+        "0",
+        "--pid",
+        "1",
+        "--act-on-start",
+    ]);
+    let failed = r#"mtls_sidecar_actions_total{set="default",action="signal",result="failure"}"#;
+    assert!(
+        sc.wait_until(WAIT, || sc.counter(failed) >= 1.0),
+        "{}",
+        sc.log()
+    );
+    assert!(sc.log().contains("PID 1"));
+}
+
+/// nginx as in our users' guide: TLS with the mounted Secret, client certificates required.
+fn nginx_conf(dir: &Path, vol: &Path, port: u16) -> String {
+    format!(
+        "daemon off;\nworker_processes 2;\npid {pid};\nerror_log {dir}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n  fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {vol}/tls.crt;\n    ssl_certificate_key {vol}/tls.key;\n    ssl_client_certificate {vol}/ca.crt;\n    ssl_verify_client on;\n    ssl_verify_depth 2;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+        pid = dir.join("nginx.pid").display(),
+        dir = dir.display(),
+        vol = vol.display(),
+    )
+}
+
+#[test]
+fn sighup_reaches_nginx_master_and_it_serves_the_new_certificate() {
+    if !require_tool("nginx") || !require_tool("openssl") {
+        return;
+    }
+    let (mut env, first) = Env::with_first(TestPki::server);
+    let work = env.tmp().join("nginx");
+    std::fs::create_dir_all(&work).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = work.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&work, &env.dir(), port)).unwrap();
+    let _nginx = Reaped(
+        Command::new("nginx")
+            .args(["-c", conf.to_str().unwrap(), "-p", work.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx"),
+    );
+    let pid_file = work.join("nginx.pid");
+    assert!(
+        wait_until(WAIT, || pid_file.exists()),
+        "nginx did not start: {:?}",
+        std::fs::read_to_string(work.join("error.log"))
+    );
+
+    // What nginx serves, read by openssl s_client (nginx asks for a client cert; without one the
+    // handshake still shows the server certificate).
+    let served = || -> Option<String> {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let pem_start = out.find("-----BEGIN CERTIFICATE-----")?;
+        let pem_end = out.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+        let (_, der) =
+            x509_parser::pem::parse_x509_pem(&out.as_bytes()[pem_start..pem_end]).ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der.contents).ok()?;
+        Some(
+            hex::encode(cert.raw_serial())
+                .trim_start_matches("00")
+                .to_string(),
+        )
+    };
+    assert!(wait_until(WAIT, || served().as_deref()
+        == Some(first.serial_hex.as_str())));
+
+    let dir = env.dir().display().to_string();
+    let sc = Sidecar::watch([
+        "--cert-dir",
+        &dir,
+        "--poll-interval",
+        "1s",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    assert!(sc.wait_until(WAIT, || sc.generation() == 1));
+    let second = env.pki.server();
+    env.publish(&second);
+    assert!(
+        wait_until(WAIT, || served().as_deref()
+            == Some(second.serial_hex.as_str())),
+        "nginx still serves {:?}\n{}",
+        served(),
+        sc.log()
+    );
+    assert_eq!(
+        sc.counter(r#"mtls_sidecar_actions_total{set="default",action="signal",result="success"}"#),
+        1.0
+    );
+}
