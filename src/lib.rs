@@ -15,7 +15,7 @@
 //! - [`creds::store`]: the only writer of served credentials: dedupe, generation, ArcSwap, notify.
 //! - [`watch`]: notify on parent directories + debounce + poll -> `Trigger`.
 //! - [`reload`]: per set: trigger -> snapshot -> validate -> store (with brief retries).
-//! - [`actions`]: what `watch` runs after a publish (today: the trailing `-- PROGRAM`).
+//! - [`actions`]: what `watch` runs after a publish: signal (pidfd) and exec, paced and retried.
 //! - [`tls`]: the only place that builds rustls configs.
 //! - [`proxy`]: `server`'s TLS listener: accept, handshake, allow-list, tcp copy or http proxy.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
