@@ -63,6 +63,14 @@ pub async fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
         .with_context(|| format!("--listen {}", args.listen))?;
     let listen = probe.local_addr()?;
     drop(probe);
+    let admin = match args.admin_listen {
+        Listen::On(a) => {
+            let probe =
+                std::net::TcpListener::bind(a).with_context(|| format!("--admin-listen {a}"))?;
+            Listen::On(probe.local_addr()?)
+        }
+        Listen::Off => Listen::Off,
+    };
     let d = dir.display();
     writeln!(
         out,
@@ -82,7 +90,7 @@ pub async fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
         listen.port()
     )?;
     writeln!(out, "without a client certificate the handshake is refused:\n\n  curl --cacert {d}/client/ca.crt https://localhost:{}/\n", listen.port())?;
-    match args.admin_listen {
+    match admin {
         Listen::On(a) => writeln!(
             out,
             "status and metrics: curl http://{a}/status   curl http://{a}/metrics\n"
@@ -122,7 +130,7 @@ pub async fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
             set,
             poll_interval: Duration::from_secs(30),
             debounce: Duration::from_millis(100),
-            admin: args.admin_listen,
+            admin,
         },
         listener: ListenerConfig {
             name: "server".into(),

@@ -40,6 +40,10 @@ impl Allow {
 }
 
 fn uri_matches(pattern: &str, uri: &str) -> bool {
+    // SPIFFE IDs have no `.` or `..` segments; such a URI must not slip under a prefix.
+    if uri.split('/').any(|seg| seg == "." || seg == "..") {
+        return false;
+    }
     if let Some(prefix) = pattern.strip_suffix("/**") {
         return uri
             .strip_prefix(prefix)
@@ -69,6 +73,7 @@ mod tests {
         assert!(uri_matches(pp, "spiffe://cluster.local/ns/prod/sa/web"));
         assert!(!uri_matches(pp, "spiffe://cluster.local/ns/prodx/sa/web"));
         assert!(!uri_matches(pp, "spiffe://cluster.local/ns/prod"));
+        assert!(!uri_matches(pp, "spiffe://cluster.local/ns/prod/../admin"));
         assert!(uri_matches("spiffe://a/b", "spiffe://a/b"));
         assert!(!uri_matches("spiffe://a/b", "spiffe://a/b/c"));
     }

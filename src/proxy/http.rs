@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +29,14 @@ use super::Target;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-/// Identity headers we set; any copy a client sends is dropped first.
-const IDENTITY_HEADERS: [&str; 6] = [
+/// The longest a client may take to send a request's headers.
+const MAX_HEADER_READ: Duration = Duration::from_secs(30);
+/// Extra time a closing connection gets to finish a response that is still moving.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Identity and forwarding headers we set or vouch for; any copy a client sends is dropped first.
+const IDENTITY_HEADERS: [&str; 7] = [
+    "forwarded",
     "x-client-cert",
     "x-client-dn",
     "x-client-verify",
@@ -119,11 +125,19 @@ pub async fn serve<S>(
     let io = TokioIo::new(Tracked::new(tls, activity.clone()));
     let identity = Arc::new(identity);
     let svc_ctx = ctx.clone();
+    let svc_activity = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (ctx, identity) = (svc_ctx.clone(), identity.clone());
-        async move { Ok::<_, Infallible>(respond(req, &ctx, &identity, allowed, peer).await) }
+        let activity = svc_activity.clone();
+        async move { Ok::<_, Infallible>(respond(req, &ctx, &identity, allowed, peer, &activity).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that starts a request and stalls is dropped like an idle one.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.cfg.idle_timeout.min(MAX_HEADER_READ));
+    builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     let age = async {
@@ -145,6 +159,13 @@ pub async fn serve<S>(
             _ = shutdown.cancelled(), if !closing => closing = true,
             _ = &mut age, if !closing => closing = true,
             _ = activity.idle(ctx.cfg.idle_timeout), if !closing => closing = true,
+            // Graceful close waits for in-flight responses; one that stalls (half-sent request
+            // headers, an upstream that stops mid-body) is dropped once nothing moved for the
+            // idle timeout plus a short grace.
+            _ = activity.idle(ctx.cfg.idle_timeout + CLOSE_GRACE), if closing => {
+                debug!(listener = %ctx.cfg.name, %peer, "closing a stalled connection");
+                return;
+            }
         }
         if closing {
             conn.as_mut().graceful_shutdown();
@@ -158,10 +179,11 @@ async fn respond(
     id: &PeerIdentity,
     allowed: bool,
     peer: SocketAddr,
+    activity: &Activity,
 ) -> Response<Body> {
     let start = Instant::now();
     let resp = if allowed {
-        forward(req, ctx, id, peer).await
+        forward(req, ctx, id, peer, activity).await
     } else {
         let mut r = short(
             StatusCode::FORBIDDEN,
@@ -184,6 +206,7 @@ async fn forward(
     ctx: &ConnCtx,
     id: &PeerIdentity,
     peer: SocketAddr,
+    activity: &Activity,
 ) -> Response<Body> {
     // The default ConnCtx for http listeners always has a Proxy.
     let Some(proxy) = ctx.http.as_ref() else {
@@ -228,8 +251,18 @@ async fn forward(
     } else {
         Version::HTTP_11
     };
-    match tokio::time::timeout(ctx.cfg.idle_timeout, client.request(req)).await {
+    let request = client.request(req);
+    let outcome = tokio::select! {
+        r = request => Ok(r),
+        // Not a fixed deadline: a long upload keeps the connection busy and is never cut.
+        _ = activity.idle(ctx.cfg.idle_timeout) => Err(()),
+    };
+    match outcome {
         Ok(Ok(mut resp)) => {
+            // With both, the body was decoded as chunked: a stale length would truncate it.
+            if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             strip_hop_by_hop(resp.headers_mut());
             resp.map(|b| b.boxed())
         }

@@ -50,21 +50,22 @@ impl PeerIdentity {
         Some(id)
     }
 
-    /// Envoy's `x-forwarded-client-cert` element for this peer.
+    /// Envoy's `x-forwarded-client-cert` element for this peer. Every value is quoted, so a
+    /// `;`, `,` or `=` inside a SAN cannot forge another field or element.
     pub fn xfcc(&self) -> String {
-        let mut out = format!(
-            "Hash={};Subject=\"{}\"",
-            self.sha256,
-            self.subject.replace('"', "\\\"")
-        );
+        let mut out = format!("Hash={};Subject={}", self.sha256, quoted(&self.subject));
         for u in &self.uri {
-            out.push_str(&format!(";URI={u}"));
+            out.push_str(&format!(";URI={}", quoted(u)));
         }
         for d in &self.dns {
-            out.push_str(&format!(";DNS={d}"));
+            out.push_str(&format!(";DNS={}", quoted(d)));
         }
         out
     }
+}
+
+fn quoted(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 fn pem_of(der: &[u8]) -> String {
@@ -77,4 +78,24 @@ fn pem_of(der: &[u8]) -> String {
     }
     pem.push_str("-----END CERTIFICATE-----\n");
     pem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xfcc_values_cannot_forge_fields() {
+        let id = PeerIdentity {
+            subject: r#"CN=evil\"x"#.into(),
+            sha256: "ab".into(),
+            uri: vec!["spiffe://td/sa/x;DNS=admin,By=y".into()],
+            dns: vec!["a.example".into()],
+            ..PeerIdentity::default()
+        };
+        assert_eq!(
+            id.xfcc(),
+            r#"Hash=ab;Subject="CN=evil\\\"x";URI="spiffe://td/sa/x;DNS=admin,By=y";DNS="a.example""#
+        );
+    }
 }

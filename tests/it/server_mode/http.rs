@@ -68,8 +68,8 @@ fn upstream_receives_the_client_identity_headers() {
     for part in [
         format!("Hash={}", client.sha256_hex),
         format!("Subject=\"{CLIENT_DN}\""),
-        format!("URI={SPIFFE_WEB}"),
-        "DNS=web-app.production.svc".to_string(),
+        format!("URI=\"{SPIFFE_WEB}\""),
+        "DNS=\"web-app.production.svc\"".to_string(),
     ] {
         assert!(
             xfcc.split(';').any(|p| p == part),
