@@ -399,3 +399,60 @@ fn http2_requests_share_one_connection() {
         "{res:?}"
     );
 }
+
+#[test]
+fn client_that_stalls_in_its_request_headers_is_disconnected() {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let sc = start_ready(
+        &env,
+        "http",
+        &upstream.addr(),
+        &["--allow-all", "--idle-timeout", "1s"],
+    );
+    let mut conn = client_for(&env, &env.pki.client())
+        .connect(sc.listen_addr())
+        .expect("handshake");
+    use std::io::Write;
+    conn.write_all(b"GET /echo HTTP/1.1\r\nHost: a\r\n")
+        .expect("partial headers");
+    let _ = conn.flush();
+    assert!(
+        conn.closed_within(std::time::Duration::from_secs(10)),
+        "a client holding half-sent headers kept its connection past --idle-timeout"
+    );
+}
+
+#[test]
+fn upload_longer_than_idle_timeout_is_not_cut() {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let sc = start_ready(
+        &env,
+        "http",
+        &upstream.addr(),
+        &["--allow-all", "--idle-timeout", "1s"],
+    );
+    let mut conn = client_for(&env, &env.pki.client())
+        .connect(sc.listen_addr())
+        .expect("handshake");
+    use std::io::Write;
+    // 12 chunks, 250 ms apart: 3 s of upload, with traffic every 250 ms.
+    conn.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n")
+        .unwrap();
+    for _ in 0..12 {
+        conn.write_all(b"x").unwrap();
+        let _ = conn.flush();
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let mut resp = Vec::new();
+    let mut buf = [0u8; 4096];
+    use std::io::Read;
+    while !String::from_utf8_lossy(&resp).contains("\r\n\r\n") {
+        let n = conn.read(&mut buf).expect("response");
+        assert!(n > 0, "connection closed without a response");
+        resp.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&resp);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
