@@ -39,7 +39,7 @@ pub enum Command {
     /// Terminate mTLS in front of a plaintext app: verify client certificates, forward to --target.
     Server(Box<ServerArgs>),
     /// Watch the credentials; on each validated change run the action (no proxy).
-    Watch(WatchArgs),
+    Watch(Box<WatchArgs>),
     /// Try it: a throwaway PKI, a plaintext app, `server --protocol http` in front, rotation every 30 s.
     Demo(DemoArgs),
 }
@@ -171,6 +171,10 @@ pub struct WatchArgs {
     pub reload: ReloadArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
+    /// Write each validated triple into DIR with kubelet's atomic ..data swap (tls.crt, tls.key
+    /// 0640, ca.crt) for the app to read, before any signal or program runs.
+    #[arg(long, env = "MTLS_SIDECAR_STAGE_DIR", value_name = "DIR")]
+    pub stage_dir: Option<PathBuf>,
     /// Signal to send to the target after each validated change (HUP, USR1, USR2, ...; default HUP).
     #[arg(long, env = "MTLS_SIDECAR_SIGNAL", value_name = "NAME")]
     pub signal: Option<String>,

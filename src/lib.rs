@@ -23,12 +23,14 @@
 //! - [`app`]: wires the stages of a long-running subcommand and shuts them down on SIGTERM.
 //! - [`check`]: the `check` subcommand: run validation once and report (text or JSON).
 //! - [`demo`]: the `demo` subcommand: throwaway PKI, plaintext app, `server` in front, rotation.
+//! - [`atomic_dir`]: kubelet-style `..data` generations (demo volumes, `--stage-dir`).
 //! - [`reason`]: the SPEC reason codes shared by every stage.
 #![forbid(unsafe_code)]
 
 pub mod actions;
 pub mod admin;
 pub mod app;
+pub mod atomic_dir;
 pub mod check;
 pub mod cli;
 pub mod creds;

@@ -8,6 +8,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use mtls_sidecar::actions::signal::{parse_signal, SignalAction, SignalTarget};
+use mtls_sidecar::actions::stage::StageAction;
 use mtls_sidecar::actions::{exec::ExecAction, Action, Pacing};
 use mtls_sidecar::app::{self, CorePlan, ServerPlan, WatchPlan};
 use mtls_sidecar::cli::{non_empty, Cli, Command, LogFormat, ServerArgs, WatchArgs};
@@ -61,6 +62,9 @@ fn main() -> ExitCode {
 fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
     let paths = args.creds.paths().map_err(|e| e.to_string())?;
     let mut actions = Vec::new();
+    if let Some(dir) = &args.stage_dir {
+        actions.push(Action::Stage(StageAction { dir: dir.clone() }));
+    }
     let target = match (&args.pid_file, &args.process_name, args.pid) {
         (Some(f), _, _) => Some(SignalTarget::PidFile(f.clone())),
         (_, Some(n), _) => Some(SignalTarget::ProcessName(n.clone())),
@@ -92,7 +96,7 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
     }
     if actions.is_empty() {
         return Err(
-            "watch needs an action: add `-- PROGRAM [ARGS..]` to run after each validated change"
+            "watch needs an action: --stage-dir DIR, --signal NAME with --pid-file/--process-name/--pid, or `-- PROGRAM [ARGS..]`"
                 .into(),
         );
     }

@@ -2,11 +2,12 @@
 //! channel, so changes that arrive while an action runs coalesce into one run for the newest
 //! generation), runs at most once per `--min-interval`, and runs the configured actions in
 //! order. A failed action is retried with backoff until it succeeds or a newer generation
-//! supersedes it. The first publish is not acted on unless `--act-on-start`: the app started
+//! supersedes it. The first publish is only staged unless `--act-on-start`: the app started
 //! with those files.
 
 pub mod exec;
 pub mod signal;
+pub mod stage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ const RETRY_BACKOFF: [Duration; 5] = [
 /// One configured action.
 #[derive(Clone, Debug)]
 pub enum Action {
+    Stage(stage::StageAction),
     Signal(signal::SignalAction),
     Exec(exec::ExecAction),
 }
@@ -36,6 +38,7 @@ pub enum Action {
 impl Action {
     pub fn name(&self) -> &'static str {
         match self {
+            Action::Stage(_) => "stage",
             Action::Signal(_) => "signal",
             Action::Exec(_) => "exec",
         }
@@ -43,6 +46,7 @@ impl Action {
 
     async fn run(&self, set: &str, published: &Published) -> Result<String, String> {
         match self {
+            Action::Stage(a) => a.run(published).await,
             Action::Signal(a) => a.run().await,
             Action::Exec(a) => a.run(set, published).await,
         }
@@ -100,11 +104,14 @@ pub async fn run(
             }
         }
         last_acted = published.generation;
-        if published.generation == 1 && !pacing.act_on_start {
-            continue;
-        }
+        // The app started with the first bundle's files: only staging runs for it (the app may
+        // read the staged copy), unless --act-on-start.
+        let first = published.generation == 1 && !pacing.act_on_start;
         last_run = Some(Instant::now());
-        for action in &actions {
+        for action in actions
+            .iter()
+            .filter(|a| !first || matches!(a, Action::Stage(_)))
+        {
             tokio::select! {
                 // Shutdown does not wait for an action; a child process is killed on drop.
                 _ = cancel.cancelled() => return,

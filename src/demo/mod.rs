@@ -6,7 +6,6 @@
 
 mod pki;
 mod upstream;
-pub mod volume;
 
 use std::io::Write;
 use std::path::Path;
@@ -159,6 +158,6 @@ fn write_leaf(dir: &Path, leaf: &pki::DemoLeaf, ca_pem: &str) -> anyhow::Result<
         ("tls.key", leaf.key_pem.as_bytes()),
         ("ca.crt", ca_pem.as_bytes()),
     ];
-    volume::write_generation(dir, &files)
+    crate::atomic_dir::write_generation(dir, &files)
         .with_context(|| format!("writing the volume {}", dir.display()))
 }

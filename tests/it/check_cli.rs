@@ -254,7 +254,7 @@ fn kubelet_style_volume_is_read_through_its_symlinks() {
     let pki = TestPki::new();
     let leaf = pki.server();
     let dir = tempfile::tempdir().unwrap();
-    mtls_sidecar::demo::volume::write_generation(
+    mtls_sidecar::atomic_dir::write_generation(
         dir.path(),
         &[
             ("tls.crt", leaf.chain_pem.as_bytes()),

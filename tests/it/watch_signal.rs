@@ -227,3 +227,139 @@ fn sighup_reaches_nginx_master_and_it_serves_the_new_certificate() {
         1.0
     );
 }
+
+#[test]
+fn stage_dir_holds_only_validated_triples_written_atomically() {
+    use std::os::unix::fs::PermissionsExt;
+    let (mut env, first) = Env::with_first(TestPki::server);
+    let stage = env.tmp().join("staged");
+    let dir = env.dir().display().to_string();
+    let sc = Sidecar::watch([
+        "--cert-dir",
+        &dir,
+        "--poll-interval",
+        "0",
+        "--min-interval",
+        "0",
+        "--stage-dir",
+        stage.to_str().unwrap(),
+    ]);
+    let staged = || std::fs::read_to_string(stage.join("tls.crt")).unwrap_or_default();
+    assert!(
+        wait_until(WAIT, || staged() == first.chain_pem),
+        "first bundle not staged\n{}",
+        sc.log()
+    );
+    assert!(std::fs::symlink_metadata(stage.join("..data"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let key_mode = std::fs::metadata(stage.join("tls.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o640);
+    assert_eq!(
+        std::fs::read_to_string(stage.join("ca.crt")).unwrap(),
+        env.pki.root.cert_pem
+    );
+
+    let second = env.pki.server();
+    env.publish(&second);
+    assert!(
+        wait_until(WAIT, || staged() == second.chain_pem),
+        "second bundle not staged\n{}",
+        sc.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(stage.join("tls.key")).unwrap(),
+        second.key_pkcs8_pem
+    );
+
+    // A broken update never reaches the staged copy.
+    let mut broken = tls_files(&first, &env.pki.root.cert_pem);
+    broken[1].1 = env.pki.server().key_pkcs8_pem.into_bytes();
+    env.vol.write(&broken);
+    assert!(sc.wait_until(WAIT, || sc.last_error_reason().as_deref()
+        == Some("key_mismatch")));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(staged(), second.chain_pem);
+    assert_eq!(
+        sc.counter(r#"mtls_sidecar_actions_total{set="default",action="stage",result="success"}"#),
+        2.0
+    );
+}
+
+#[test]
+fn nginx_reading_the_staged_files_serves_each_new_certificate() {
+    if !require_tool("nginx") || !require_tool("openssl") {
+        return;
+    }
+    let (mut env, first) = Env::with_first(TestPki::server);
+    let stage = env.tmp().join("staged");
+    let work = env.tmp().join("nginx");
+    std::fs::create_dir_all(&work).unwrap();
+    let pid_file = work.join("nginx.pid");
+    let dir = env.dir().display().to_string();
+    let sc = Sidecar::watch([
+        "--cert-dir",
+        &dir,
+        "--poll-interval",
+        "1s",
+        "--stage-dir",
+        stage.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    assert!(
+        wait_until(WAIT, || stage.join("tls.crt").exists()),
+        "{}",
+        sc.log()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = work.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&work, &stage, port)).unwrap();
+    let _nginx = Reaped(
+        Command::new("nginx")
+            .args(["-c", conf.to_str().unwrap(), "-p", work.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx"),
+    );
+    assert!(wait_until(WAIT, || served_serial(port).as_deref()
+        == Some(first.serial_hex.as_str())));
+    let second = env.pki.server();
+    env.publish(&second);
+    assert!(
+        wait_until(WAIT, || served_serial(port).as_deref()
+            == Some(second.serial_hex.as_str())),
+        "nginx still serves {:?}\n{}",
+        served_serial(port),
+        sc.log()
+    );
+}
+
+/// The serial of the certificate served on 127.0.0.1:`port`, read with `openssl s_client`.
+fn served_serial(port: u16) -> Option<String> {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = out.find("-----BEGIN CERTIFICATE-----")?;
+    let end = out.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+    let (_, der) = x509_parser::pem::parse_x509_pem(&out.as_bytes()[start..end]).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der.contents).ok()?;
+    Some(
+        hex::encode(cert.raw_serial())
+            .trim_start_matches("00")
+            .to_string(),
+    )
+}
