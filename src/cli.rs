@@ -203,6 +203,12 @@ pub struct WatchArgs {
         group = "signal_target"
     )]
     pub pid: Option<i32>,
+    /// After the other actions, handshake with the app here until it serves the new certificate.
+    #[arg(long, env = "MTLS_SIDECAR_VERIFY_ADDR", value_name = "HOST:PORT")]
+    pub verify_addr: Option<String>,
+    /// How long --verify-addr waits for the app to serve the new certificate.
+    #[arg(long, env = "MTLS_SIDECAR_VERIFY_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub verify_timeout: Duration,
     /// Act on the first valid bundle at start-up too (by default the app is assumed to have
     /// started with those files).
     #[arg(long, env = "MTLS_SIDECAR_ACT_ON_START")]

@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 use mtls_sidecar::actions::signal::{parse_signal, SignalAction, SignalTarget};
 use mtls_sidecar::actions::stage::StageAction;
+use mtls_sidecar::actions::verify::VerifyAction;
 use mtls_sidecar::actions::{exec::ExecAction, Action, Pacing};
 use mtls_sidecar::app::{self, CorePlan, ServerPlan, WatchPlan};
 use mtls_sidecar::cli::{non_empty, Cli, Command, LogFormat, ServerArgs, WatchArgs};
@@ -92,6 +93,18 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
         actions.push(Action::Exec(ExecAction {
             program: program.clone(),
             args: rest.to_vec(),
+        }));
+    }
+    if let Some(addr) = &args.verify_addr {
+        if actions.is_empty() {
+            return Err("--verify-addr checks the result of another action: add --signal, --stage-dir or `-- PROGRAM`".into());
+        }
+        if !addr.contains(':') {
+            return Err(format!("--verify-addr: expected HOST:PORT, got {addr:?}"));
+        }
+        actions.push(Action::Verify(VerifyAction {
+            addr: addr.clone(),
+            timeout: args.verify_timeout,
         }));
     }
     if actions.is_empty() {

@@ -1,13 +1,17 @@
 //! The only place that builds rustls configurations. A server config is built from a validated
 //! `Bundle` once per publish (never per connection): our leaf and key, and a webpki client
-//! verifier over the peer CA bundle that requires a client certificate.
+//! verifier over the peer CA bundle that requires a client certificate. The probe config of
+//! `--verify-addr` trusts nothing: it only records which leaf the app serves.
 
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::aws_lc_rs;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::SingleCertAndKey;
-use rustls::ServerConfig;
+use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 
 use crate::creds::validate::Bundle;
 
@@ -53,4 +57,84 @@ pub fn server_config(
         )));
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
+}
+
+/// Records the end-entity certificate the server presents and accepts it: the caller compares
+/// its hash with the leaf it expects, so no trust decision is made here.
+#[derive(Debug)]
+pub struct LeafRecorder {
+    seen: std::sync::Mutex<Option<Vec<u8>>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl LeafRecorder {
+    /// The DER of the leaf seen during the handshake, if it got that far.
+    pub fn seen(&self) -> Option<Vec<u8>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl ServerCertVerifier for LeafRecorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(end_entity.to_vec());
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A client config for one probe of which leaf an app serves (no client certificate: the
+/// server's certificate arrives before the app could ask for ours).
+pub fn leaf_probe() -> Result<(Arc<ClientConfig>, Arc<LeafRecorder>), String> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let recorder = Arc::new(LeafRecorder {
+        seen: std::sync::Mutex::new(None),
+        provider: provider.clone(),
+    });
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(recorder.clone())
+        .with_no_client_auth();
+    Ok((Arc::new(cfg), recorder))
 }

@@ -8,6 +8,7 @@
 pub mod exec;
 pub mod signal;
 pub mod stage;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub enum Action {
     Stage(stage::StageAction),
     Signal(signal::SignalAction),
     Exec(exec::ExecAction),
+    Verify(verify::VerifyAction),
 }
 
 impl Action {
@@ -41,6 +43,7 @@ impl Action {
             Action::Stage(_) => "stage",
             Action::Signal(_) => "signal",
             Action::Exec(_) => "exec",
+            Action::Verify(_) => "verify",
         }
     }
 
@@ -49,6 +52,7 @@ impl Action {
             Action::Stage(a) => a.run(published).await,
             Action::Signal(a) => a.run().await,
             Action::Exec(a) => a.run(set, published).await,
+            Action::Verify(a) => a.run(published).await,
         }
     }
 }

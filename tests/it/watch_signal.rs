@@ -204,6 +204,7 @@ fn sighup_reaches_nginx_master_and_it_serves_the_new_certificate() {
         == Some(first.serial_hex.as_str())));
 
     let dir = env.dir().display().to_string();
+    let verify = format!("127.0.0.1:{port}");
     let sc = Sidecar::watch([
         "--cert-dir",
         &dir,
@@ -211,6 +212,8 @@ fn sighup_reaches_nginx_master_and_it_serves_the_new_certificate() {
         "1s",
         "--pid-file",
         pid_file.to_str().unwrap(),
+        "--verify-addr",
+        &verify,
     ]);
     assert!(sc.wait_until(WAIT, || sc.generation() == 1));
     let second = env.pki.server();
@@ -225,6 +228,13 @@ fn sighup_reaches_nginx_master_and_it_serves_the_new_certificate() {
     assert_eq!(
         sc.counter(r#"mtls_sidecar_actions_total{set="default",action="signal",result="success"}"#),
         1.0
+    );
+    // --verify-addr saw nginx serve the new leaf.
+    let verified = r#"mtls_sidecar_actions_total{set="default",action="verify",result="success"}"#;
+    assert!(
+        sc.wait_until(WAIT, || sc.counter(verified) == 1.0),
+        "{}",
+        sc.log()
     );
 }
 
@@ -362,4 +372,60 @@ fn served_serial(port: u16) -> Option<String> {
             .trim_start_matches("00")
             .to_string(),
     )
+}
+
+#[test]
+fn verify_reports_an_app_that_did_not_reload() {
+    if !require_tool("nginx") {
+        return;
+    }
+    let (mut env, _) = Env::with_first(TestPki::server);
+    let work = env.tmp().join("nginx");
+    std::fs::create_dir_all(&work).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = work.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&work, &env.dir(), port)).unwrap();
+    let _nginx = Reaped(
+        Command::new("nginx")
+            .args(["-c", conf.to_str().unwrap(), "-p", work.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx"),
+    );
+    assert!(wait_until(WAIT, || served_serial(port).is_some()));
+    // The signal goes to a bystander, so nginx never reloads: verify must say so.
+    let log = env.tmp().join("hups");
+    let bystander = hup_counter(&log);
+    let dir = env.dir().display().to_string();
+    let pid = bystander.0.id().to_string();
+    let verify = format!("127.0.0.1:{port}");
+    let sc = Sidecar::watch([
+        "--cert-dir",
+        &dir,
+        "--poll-interval",
+        "0",
+        "--pid",
+        &pid,
+        "--verify-addr",
+        &verify,
+        "--verify-timeout",
+        "1s",
+    ]);
+    assert!(sc.wait_until(WAIT, || sc.generation() == 1));
+    env.publish(&env.pki.server());
+    let failed = r#"mtls_sidecar_actions_total{set="default",action="verify",result="failure"}"#;
+    assert!(
+        sc.wait_until(WAIT, || sc.counter(failed) >= 1.0),
+        "{}",
+        sc.log()
+    );
+    assert!(
+        sc.log().contains("does not serve the new certificate"),
+        "{}",
+        sc.log()
+    );
 }
