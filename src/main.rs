@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 use mtls_sidecar::actions::signal::{parse_signal, SignalAction, SignalTarget};
 use mtls_sidecar::actions::stage::StageAction;
 use mtls_sidecar::actions::verify::VerifyAction;
+use mtls_sidecar::actions::webhook::{parse_url, WebhookAction};
 use mtls_sidecar::actions::{exec::ExecAction, Action, Pacing};
 use mtls_sidecar::app::{self, CorePlan, ServerPlan, WatchPlan};
 use mtls_sidecar::cli::{non_empty, Cli, Command, LogFormat, ServerArgs, WatchArgs};
@@ -95,9 +96,14 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
             args: rest.to_vec(),
         }));
     }
+    if let Some(url) = &args.webhook {
+        actions.push(Action::Webhook(WebhookAction {
+            url: parse_url(url)?,
+        }));
+    }
     if let Some(addr) = &args.verify_addr {
         if actions.is_empty() {
-            return Err("--verify-addr checks the result of another action: add --signal, --stage-dir or `-- PROGRAM`".into());
+            return Err("--verify-addr checks the result of another action: add --signal, --stage-dir, --webhook or `-- PROGRAM`".into());
         }
         if !addr.contains(':') {
             return Err(format!("--verify-addr: expected HOST:PORT, got {addr:?}"));
@@ -109,7 +115,7 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
     }
     if actions.is_empty() {
         return Err(
-            "watch needs an action: --stage-dir DIR, --signal NAME with --pid-file/--process-name/--pid, or `-- PROGRAM [ARGS..]`"
+            "watch needs an action: --stage-dir DIR, --signal NAME with --pid-file/--process-name/--pid, --webhook URL, or `-- PROGRAM [ARGS..]`"
                 .into(),
         );
     }

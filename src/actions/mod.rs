@@ -9,6 +9,7 @@ pub mod exec;
 pub mod signal;
 pub mod stage;
 pub mod verify;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub enum Action {
     Stage(stage::StageAction),
     Signal(signal::SignalAction),
     Exec(exec::ExecAction),
+    Webhook(webhook::WebhookAction),
     Verify(verify::VerifyAction),
 }
 
@@ -43,6 +45,7 @@ impl Action {
             Action::Stage(_) => "stage",
             Action::Signal(_) => "signal",
             Action::Exec(_) => "exec",
+            Action::Webhook(_) => "webhook",
             Action::Verify(_) => "verify",
         }
     }
@@ -52,6 +55,7 @@ impl Action {
             Action::Stage(a) => a.run(published).await,
             Action::Signal(a) => a.run().await,
             Action::Exec(a) => a.run(set, published).await,
+            Action::Webhook(a) => a.run(set, published).await,
             Action::Verify(a) => a.run(published).await,
         }
     }
@@ -111,11 +115,15 @@ pub async fn run(
         // The app started with the first bundle's files: only staging runs for it (the app may
         // read the staged copy), unless --act-on-start.
         let first = published.generation == 1 && !pacing.act_on_start;
-        last_run = Some(Instant::now());
-        for action in actions
+        let due: Vec<&Action> = actions
             .iter()
             .filter(|a| !first || matches!(a, Action::Stage(_)))
-        {
+            .collect();
+        // Only a run that signals, executes or posts starts the --min-interval window.
+        if due.iter().any(|a| !matches!(a, Action::Stage(_))) {
+            last_run = Some(Instant::now());
+        }
+        for action in due {
             tokio::select! {
                 // Shutdown does not wait for an action; a child process is killed on drop.
                 _ = cancel.cancelled() => return,

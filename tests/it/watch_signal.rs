@@ -429,3 +429,64 @@ fn verify_reports_an_app_that_did_not_reload() {
         sc.log()
     );
 }
+
+#[test]
+fn webhook_is_posted_once_per_change_and_failures_are_counted() {
+    let (mut env, _) = Env::with_first(TestPki::server);
+    let hook = crate::support::upstream::HttpUpstream::start();
+    let dir = env.dir().display().to_string();
+    let url = format!("http://{}/reload", hook.addr());
+    let sc = Sidecar::watch([
+        "--cert-dir",
+        &dir,
+        "--poll-interval",
+        "0",
+        "--webhook",
+        &url,
+    ]);
+    assert!(sc.wait_until(WAIT, || sc.generation() == 1));
+    env.publish(&env.pki.server());
+    let ok = r#"mtls_sidecar_actions_total{set="default",action="webhook",result="success"}"#;
+    assert!(
+        sc.wait_until(WAIT, || sc.counter(ok) == 1.0),
+        "{}",
+        sc.log()
+    );
+    assert_eq!(hook.requests_finished(), 1);
+
+    // Nothing listens there: a failure, logged and counted.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (mut env2, _) = Env::with_first(TestPki::server);
+    let dir2 = env2.dir().display().to_string();
+    let url2 = format!("http://{closed}/reload");
+    let sc2 = Sidecar::watch([
+        "--cert-dir",
+        &dir2,
+        "--poll-interval",
+        "0",
+        "--webhook",
+        &url2,
+    ]);
+    assert!(sc2.wait_until(WAIT, || sc2.generation() == 1));
+    env2.publish(&env2.pki.server());
+    let failed = r#"mtls_sidecar_actions_total{set="default",action="webhook",result="failure"}"#;
+    assert!(
+        sc2.wait_until(WAIT, || sc2.counter(failed) >= 1.0),
+        "{}",
+        sc2.log()
+    );
+    let https = Command::new(crate::support::bin())
+        .args([
+            "watch",
+            "--cert-dir",
+            &dir2,
+            "--webhook",
+            "https://example.invalid/x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(https.status.code(), Some(2));
+}
