@@ -13,12 +13,20 @@ use crate::support::sidecar::{wait_until, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Kills (and reaps) a helper process on Drop.
+/// Stops (and reaps) a helper process on Drop: SIGTERM first, so an nginx master takes its
+/// workers down with it, then SIGKILL if it is still there after 3 s.
 struct Reaped(Child);
 impl Drop for Reaped {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let stopped = wait_until(Duration::from_secs(3), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
