@@ -158,6 +158,26 @@ fn nginx_conf(dir: &Path, vol: &Path, port: u16) -> String {
     )
 }
 
+/// Starts nginx (master + workers) with `nginx_conf` for `vol` in `work`, on a free port.
+fn start_nginx(work: &Path, vol: &Path) -> (Reaped, u16) {
+    std::fs::create_dir_all(work).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = work.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(work, vol, port)).unwrap();
+    let nginx = Reaped(
+        Command::new("nginx")
+            .args(["-c", conf.to_str().unwrap(), "-p", work.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx"),
+    );
+    (nginx, port)
+}
+
 #[test]
 fn sighup_reaches_nginx_master_and_it_serves_the_new_certificate() {
     if !require_tool("nginx") || !require_tool("openssl") {
@@ -165,21 +185,7 @@ fn sighup_reaches_nginx_master_and_it_serves_the_new_certificate() {
     }
     let (mut env, first) = Env::with_first(TestPki::server);
     let work = env.tmp().join("nginx");
-    std::fs::create_dir_all(&work).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = work.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(&work, &env.dir(), port)).unwrap();
-    let _nginx = Reaped(
-        Command::new("nginx")
-            .args(["-c", conf.to_str().unwrap(), "-p", work.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx"),
-    );
+    let (_nginx, port) = start_nginx(&work, &env.dir());
     let pid_file = work.join("nginx.pid");
     assert!(
         wait_until(WAIT, || pid_file.exists()),
@@ -187,28 +193,7 @@ fn sighup_reaches_nginx_master_and_it_serves_the_new_certificate() {
         std::fs::read_to_string(work.join("error.log"))
     );
 
-    // What nginx serves, read by openssl s_client (nginx asks for a client cert; without one the
-    // handshake still shows the server certificate).
-    let served = || -> Option<String> {
-        let out = Command::new("openssl")
-            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        let out = String::from_utf8_lossy(&out.stdout).into_owned();
-        let pem_start = out.find("-----BEGIN CERTIFICATE-----")?;
-        let pem_end = out.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
-        let (_, der) =
-            x509_parser::pem::parse_x509_pem(&out.as_bytes()[pem_start..pem_end]).ok()?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&der.contents).ok()?;
-        Some(
-            hex::encode(cert.raw_serial())
-                .trim_start_matches("00")
-                .to_string(),
-        )
-    };
-    assert!(wait_until(WAIT, || served().as_deref()
+    assert!(wait_until(WAIT, || served_serial(port).as_deref()
         == Some(first.serial_hex.as_str())));
 
     let dir = env.dir().display().to_string();
@@ -227,10 +212,10 @@ fn sighup_reaches_nginx_master_and_it_serves_the_new_certificate() {
     let second = env.pki.server();
     env.publish(&second);
     assert!(
-        wait_until(WAIT, || served().as_deref()
+        wait_until(WAIT, || served_serial(port).as_deref()
             == Some(second.serial_hex.as_str())),
         "nginx still serves {:?}\n{}",
-        served(),
+        served_serial(port),
         sc.log()
     );
     assert_eq!(
@@ -317,7 +302,6 @@ fn nginx_reading_the_staged_files_serves_each_new_certificate() {
     let (mut env, first) = Env::with_first(TestPki::server);
     let stage = env.tmp().join("staged");
     let work = env.tmp().join("nginx");
-    std::fs::create_dir_all(&work).unwrap();
     let pid_file = work.join("nginx.pid");
     let dir = env.dir().display().to_string();
     let sc = Sidecar::watch([
@@ -335,20 +319,7 @@ fn nginx_reading_the_staged_files_serves_each_new_certificate() {
         "{}",
         sc.log()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = work.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(&work, &stage, port)).unwrap();
-    let _nginx = Reaped(
-        Command::new("nginx")
-            .args(["-c", conf.to_str().unwrap(), "-p", work.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx"),
-    );
+    let (_nginx, port) = start_nginx(&work, &stage);
     assert!(wait_until(WAIT, || served_serial(port).as_deref()
         == Some(first.serial_hex.as_str())));
     let second = env.pki.server();
@@ -389,21 +360,7 @@ fn verify_reports_an_app_that_did_not_reload() {
     }
     let (mut env, _) = Env::with_first(TestPki::server);
     let work = env.tmp().join("nginx");
-    std::fs::create_dir_all(&work).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = work.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(&work, &env.dir(), port)).unwrap();
-    let _nginx = Reaped(
-        Command::new("nginx")
-            .args(["-c", conf.to_str().unwrap(), "-p", work.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx"),
-    );
+    let (_nginx, port) = start_nginx(&work, &env.dir());
     assert!(wait_until(WAIT, || served_serial(port).is_some()));
     // The signal goes to a bystander, so nginx never reloads: verify must say so.
     let log = env.tmp().join("hups");

@@ -6,8 +6,11 @@ use std::time::Instant;
 
 use super::*;
 use crate::support::cli_clients::{port_of, users_curl, users_curl_paths};
+use crate::support::fixture::Env;
 use crate::support::pki::LeafSpec;
 use crate::support::require_tool;
+use crate::support::sidecar::Sidecar;
+use crate::support::tls_client::TlsConn;
 use crate::support::upstream::{Echoed, HttpUpstream};
 
 const SPIFFE_WEB: &str = "spiffe://cluster.local/ns/production/sa/web-app";
@@ -400,8 +403,9 @@ fn http2_requests_share_one_connection() {
     );
 }
 
-#[test]
-fn client_that_stalls_in_its_request_headers_is_disconnected() {
+/// An http server with `--idle-timeout 1s` in front of an echo upstream, and one open client
+/// connection to it (the other values keep the processes alive).
+fn connected_with_idle_timeout_1s() -> (Env, HttpUpstream, Sidecar, TlsConn) {
     let (env, _) = env_with_server();
     let upstream = HttpUpstream::start();
     let sc = start_ready(
@@ -410,9 +414,15 @@ fn client_that_stalls_in_its_request_headers_is_disconnected() {
         &upstream.addr(),
         &["--allow-all", "--idle-timeout", "1s"],
     );
-    let mut conn = client_for(&env, &env.pki.client())
+    let conn = client_for(&env, &env.pki.client())
         .connect(sc.listen_addr())
         .expect("handshake");
+    (env, upstream, sc, conn)
+}
+
+#[test]
+fn client_that_stalls_in_its_request_headers_is_disconnected() {
+    let (_env, _upstream, _sc, mut conn) = connected_with_idle_timeout_1s();
     use std::io::Write;
     conn.write_all(b"GET /echo HTTP/1.1\r\nHost: a\r\n")
         .expect("partial headers");
@@ -425,17 +435,7 @@ fn client_that_stalls_in_its_request_headers_is_disconnected() {
 
 #[test]
 fn upload_longer_than_idle_timeout_is_not_cut() {
-    let (env, _) = env_with_server();
-    let upstream = HttpUpstream::start();
-    let sc = start_ready(
-        &env,
-        "http",
-        &upstream.addr(),
-        &["--allow-all", "--idle-timeout", "1s"],
-    );
-    let mut conn = client_for(&env, &env.pki.client())
-        .connect(sc.listen_addr())
-        .expect("handshake");
+    let (_env, _upstream, _sc, mut conn) = connected_with_idle_timeout_1s();
     use std::io::Write;
     // 12 chunks, 250 ms apart: 3 s of upload, with traffic every 250 ms.
     conn.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n")
