@@ -203,9 +203,13 @@ pub struct WatchArgs {
         group = "signal_target"
     )]
     pub pid: Option<i32>,
-    /// POST the new credentials' facts as JSON to this http:// URL after each validated change.
+    /// POST the new credentials' facts as JSON to this http:// or https:// URL after each
+    /// validated change.
     #[arg(long, env = "MTLS_SIDECAR_WEBHOOK", value_name = "URL")]
     pub webhook: Option<String>,
+    /// PEM CA bundle that an https:// --webhook must chain to [default: the system trust store].
+    #[arg(long, env = "MTLS_SIDECAR_WEBHOOK_CA", value_name = "FILE")]
+    pub webhook_ca: Option<PathBuf>,
     /// After the other actions, handshake with the app here until it serves the new certificate.
     #[arg(long, env = "MTLS_SIDECAR_VERIFY_ADDR", value_name = "HOST:PORT")]
     pub verify_addr: Option<String>,

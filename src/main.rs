@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 use mtls_sidecar::actions::signal::{parse_signal, SignalAction, SignalTarget};
 use mtls_sidecar::actions::stage::StageAction;
 use mtls_sidecar::actions::verify::VerifyAction;
-use mtls_sidecar::actions::webhook::{parse_url, WebhookAction};
+use mtls_sidecar::actions::webhook::WebhookAction;
 use mtls_sidecar::actions::{exec::ExecAction, Action, Pacing};
 use mtls_sidecar::app::{self, CorePlan, ServerPlan, WatchPlan};
 use mtls_sidecar::cli::{non_empty, Cli, Command, LogFormat, ServerArgs, WatchArgs};
@@ -97,9 +97,12 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
         }));
     }
     if let Some(url) = &args.webhook {
-        actions.push(Action::Webhook(WebhookAction {
-            url: parse_url(url)?,
-        }));
+        actions.push(Action::Webhook(WebhookAction::new(
+            url,
+            args.webhook_ca.as_deref(),
+        )?));
+    } else if args.webhook_ca.is_some() {
+        return Err("--webhook-ca needs an https:// --webhook URL".into());
     }
     if let Some(addr) = &args.verify_addr {
         if actions.is_empty() {

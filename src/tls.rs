@@ -1,7 +1,8 @@
 //! The only place that builds rustls configurations. A server config is built from a validated
 //! `Bundle` once per publish (never per connection): our leaf and key, and a webpki client
 //! verifier over the peer CA bundle that requires a client certificate. The probe config of
-//! `--verify-addr` trusts nothing: it only records which leaf the app serves.
+//! `--verify-addr` trusts nothing: it only records which leaf the app serves. The https client
+//! of `--webhook` verifies the server against the given roots and presents no certificate.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::SingleCertAndKey;
-use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::creds::validate::Bundle;
 
@@ -137,4 +138,15 @@ pub fn leaf_probe() -> Result<(Arc<ClientConfig>, Arc<LeafRecorder>), String> {
         .with_custom_certificate_verifier(recorder.clone())
         .with_no_client_auth();
     Ok((Arc::new(cfg), recorder))
+}
+
+/// A client config that verifies servers against `roots` (webpki, hostname checked) and
+/// presents no client certificate: `--webhook https://...`.
+pub fn https_client(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
+    let cfg = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }

@@ -1,14 +1,22 @@
-//! `--webhook URL`: POST a JSON description of the new credentials to an HTTP endpoint
+//! `--webhook URL`: POST a JSON description of the new credentials to an HTTP(S) endpoint
 //! (`{"set", "generation", "sha256", "serial", "subject", "not_after"}`), with a timeout; any
-//! answer but 2xx is a failure (retried with backoff by the runner). Plain `http://` only.
+//! answer but 2xx is a failure (retried with backoff by the runner). An `https://` endpoint is
+//! verified against `--webhook-ca FILE` when given, otherwise against the system trust store;
+//! the trust anchors are loaded once at start-up. One connection per POST (posts are rare).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::creds::store::Published;
 use crate::creds::validate::rfc3339;
@@ -18,20 +26,57 @@ pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct WebhookAction {
-    pub url: hyper::Uri,
-}
-
-/// `http://host[:port]/path`; anything else is a usage error.
-pub fn parse_url(s: &str) -> Result<hyper::Uri, String> {
-    let uri: hyper::Uri = s.parse().map_err(|e| format!("--webhook {s:?}: {e}"))?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http"), Some(_)) => Ok(uri),
-        (Some("https"), _) => Err(format!("--webhook {s:?}: https is not supported yet; use an http:// endpoint inside the pod or cluster")),
-        _ => Err(format!("--webhook {s:?}: expected http://host[:port]/path")),
-    }
+    url: hyper::Uri,
+    host: String,
+    port: u16,
+    /// Present for https:// endpoints.
+    tls: Option<Arc<ClientConfig>>,
 }
 
 impl WebhookAction {
+    /// Checks `url` (`http://` or `https://host[:port]/path`) and, for https, loads the trust
+    /// anchors from `ca` or the system store. Every problem is a usage error naming the flag.
+    pub fn new(url: &str, ca: Option<&Path>) -> Result<Self, String> {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("--webhook {url:?}: {e}"))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("--webhook {url:?}: expected http(s)://host[:port]/path"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let (port, tls) = match uri.scheme_str() {
+            Some("http") => {
+                if ca.is_some() {
+                    return Err(format!(
+                        "--webhook-ca is only used with an https:// --webhook, not {url:?}"
+                    ));
+                }
+                (uri.port_u16().unwrap_or(80), None)
+            }
+            Some("https") => {
+                let roots = match ca {
+                    Some(file) => roots_from_file(file)?,
+                    None => system_roots()?,
+                };
+                (
+                    uri.port_u16().unwrap_or(443),
+                    Some(crate::tls::https_client(roots)?),
+                )
+            }
+            _ => {
+                return Err(format!(
+                    "--webhook {url:?}: expected http(s)://host[:port]/path"
+                ))
+            }
+        };
+        Ok(WebhookAction {
+            url: uri,
+            host,
+            port,
+            tls,
+        })
+    }
+
     pub(super) async fn run(&self, set: &str, p: &Published) -> Result<String, String> {
         let leaf = p.bundle.leaf();
         let body = serde_json::json!({
@@ -43,34 +88,99 @@ impl WebhookAction {
             "not_after": rfc3339(leaf.not_after),
         })
         .to_string();
-        let req = Request::post(self.url.clone())
-            .header("content-type", "application/json")
-            .header(
-                "user-agent",
-                concat!("mtls-sidecar/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("building the request: {e}"))?;
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let resp = tokio::time::timeout(WEBHOOK_TIMEOUT, async {
-            let resp = client
-                .request(req)
-                .await
-                .map_err(|e| format!("POST {} failed: {e}", self.url))?;
-            let status = resp.status();
-            // Read (a bounded part of) the body so the connection ends cleanly.
-            let _ = tokio::time::timeout(Duration::from_secs(1), resp.into_body().collect()).await;
-            Ok::<_, String>(status)
-        })
-        .await
-        .map_err(|_| format!("POST {} timed out after {WEBHOOK_TIMEOUT:?}", self.url))??;
-        if resp.is_success() {
-            Ok(format!("POST {} answered {resp}", self.url))
+        let status = tokio::time::timeout(WEBHOOK_TIMEOUT, self.post(body))
+            .await
+            .map_err(|_| format!("POST {} timed out after {WEBHOOK_TIMEOUT:?}", self.url))?
+            .map_err(|e| format!("POST {} failed: {e}", self.url))?;
+        if status.is_success() {
+            Ok(format!("POST {} answered {status}", self.url))
         } else {
             Err(format!(
-                "POST {} answered {resp}; only 2xx counts as success",
+                "POST {} answered {status}; only 2xx counts as success",
                 self.url
             ))
         }
     }
+
+    async fn post(&self, body: String) -> Result<hyper::StatusCode, String> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| format!("connecting to {}:{}: {e}", self.host, self.port))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => self.exchange(tcp, body).await,
+            Some(cfg) => {
+                let name = ServerName::try_from(self.host.clone())
+                    .map_err(|e| format!("server name {:?}: {e}", self.host))?;
+                let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                self.exchange(tls, body).await
+            }
+        }
+    }
+
+    /// One HTTP/1.1 request on `io`; reads (a bounded part of) the answer's body so the
+    /// connection ends cleanly.
+    async fn exchange<IO>(&self, io: IO, body: String) -> Result<hyper::StatusCode, String>
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::spawn(conn);
+        let path = self.url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let authority = self.url.authority().map(|a| a.as_str()).unwrap_or_default();
+        let req = Request::post(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("mtls-sidecar/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("building the request: {e}"))?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let _ = tokio::time::timeout(Duration::from_secs(1), resp.into_body().collect()).await;
+        conn.abort();
+        Ok(status)
+    }
+}
+
+/// The certificates of a PEM bundle given with `--webhook-ca`.
+fn roots_from_file(file: &Path) -> Result<RootCertStore, String> {
+    let what = format!("--webhook-ca {}", file.display());
+    let certs = CertificateDer::pem_file_iter(file)
+        .map_err(|e| format!("{what}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!(
+            "{what}: no usable CA certificate (expected PEM `CERTIFICATE` blocks)"
+        ));
+    }
+    Ok(roots)
+}
+
+/// The system trust store (honours SSL_CERT_FILE / SSL_CERT_DIR).
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        return Err(format!(
+            "--webhook with https://: no CA certificates in the system trust store{why}; pass --webhook-ca FILE"
+        ));
+    }
+    Ok(roots)
 }

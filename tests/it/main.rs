@@ -11,3 +11,4 @@ mod support;
 mod support_selftest;
 mod validate_rules;
 mod watch_signal;
+mod watch_webhook;

@@ -1,8 +1,10 @@
-//! `HttpUpstream`: a plaintext HTTP/1.1 server (hyper, on its own tokio runtime in a
-//! background thread) on `127.0.0.1:0`, stopped on Drop, that answers every request with 200
+//! `HttpUpstream`: an HTTP/1.1 server (hyper, on its own tokio runtime in a background thread)
+//! on `127.0.0.1:0`, plaintext or TLS (`start_tls`), stopped on Drop, that answers every request with 200
 //! and a JSON echo of what it received: `{"method", "path", "headers": {lowercased name:
-//! [values...]}, "body"}`. A request can be slowed down with `?delay_ms=N` in its query, or
-//! every request with `set_delay`. It counts connections and requests. `Echoed` parses its
+//! [values...]}, "body"}`, with status 200 unless its query has `status=N`. A request can be
+//! slowed down with `?delay_ms=N` in its query, or
+//! every request with `set_delay`. It counts connections and requests and keeps the last
+//! request it answered (`last`). `Echoed` parses its
 //! replies. The byte-level upstream for `--protocol tcp` is `tcp_upstream.rs`.
 
 use std::collections::BTreeMap;
@@ -30,6 +32,7 @@ struct HttpState {
     /// Requests answered.
     finished: AtomicUsize,
     delay_ms: AtomicU64,
+    last: std::sync::Mutex<Option<Value>>,
 }
 
 /// A plaintext HTTP/1.1 echo server. See the module docs.
@@ -41,8 +44,32 @@ pub struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    /// Listen on `127.0.0.1:0` and serve until dropped.
+    /// Listen on `127.0.0.1:0` and serve plaintext until dropped.
     pub fn start() -> HttpUpstream {
+        Self::spawn(None)
+    }
+
+    /// Listen on `127.0.0.1:0` and serve TLS (no client certificates) with this chain and
+    /// key until dropped.
+    pub fn start_tls(chain_pem: &str, key_pem: &str) -> HttpUpstream {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("upstream chain");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("upstream key");
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("upstream TLS config");
+        Self::spawn(Some(Arc::new(cfg)))
+    }
+
+    fn spawn(tls: Option<Arc<rustls::ServerConfig>>) -> HttpUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("upstream address");
@@ -57,7 +84,7 @@ impl HttpUpstream {
                     .enable_all()
                     .build()
                     .expect("upstream runtime");
-                rt.block_on(serve_http(listener, thread_state, stopped));
+                rt.block_on(serve_http(listener, tls, thread_state, stopped));
                 // Dropping the runtime cancels every connection task.
             })
             .expect("spawn upstream thread");
@@ -89,6 +116,12 @@ impl HttpUpstream {
         self.state.finished.load(Ordering::SeqCst)
     }
 
+    /// The echo (see the module docs) of the last request answered, if any.
+    pub fn last(&self) -> Option<Echoed> {
+        let last = self.state.last.lock().unwrap().clone()?;
+        Some(Echoed::parse(last.to_string().as_bytes()))
+    }
+
     /// Delay every later response by `delay` (a request's own `?delay_ms=N` wins).
     pub fn set_delay(&self, delay: Duration) {
         self.state
@@ -110,6 +143,7 @@ impl Drop for HttpUpstream {
 
 async fn serve_http(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<HttpState>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -124,11 +158,20 @@ async fn serve_http(
         };
         state.connections.fetch_add(1, Ordering::SeqCst);
         let state = state.clone();
+        let tls = tls.clone().map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| echo(req, state.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+            }
         });
     }
 }
@@ -151,14 +194,17 @@ async fn echo(
             .or_default()
             .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
     }
-    let delay_ms = parts
-        .uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("delay_ms="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| state.delay_ms.load(Ordering::SeqCst));
+    let query = |name: &str| {
+        parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let delay_ms = query("delay_ms").unwrap_or_else(|| state.delay_ms.load(Ordering::SeqCst));
+    let status = query("status").unwrap_or(200) as u16;
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
@@ -172,9 +218,10 @@ async fn echo(
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
     });
+    *state.last.lock().unwrap() = Some(reply.clone());
     state.finished.fetch_add(1, Ordering::SeqCst);
     let response = Response::builder()
-        .status(200)
+        .status(status)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(reply.to_string())))
         .expect("valid response");
