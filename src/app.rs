@@ -1,5 +1,5 @@
 //! Wiring: builds the stages of a long-running subcommand (store, watcher, reload task, then
-//! actions for `watch` or a TLS listener for `server`, and the admin endpoint), owns their tasks,
+//! actions for `watch` or a TLS listener for `server`/`client`, and the admin endpoint), owns their tasks,
 //! and shuts them down on SIGTERM/SIGINT. The only module that knows every stage.
 
 use std::sync::atomic::AtomicI64;
@@ -19,9 +19,13 @@ use crate::admin::{self, AdminState};
 use crate::cli::{Listen, ReloadArgs};
 use crate::creds::store::Store;
 use crate::metrics::Metrics;
-use crate::proxy::listener::{self, ConnCtx};
-use crate::proxy::{self, ListenerConfig, ListenerMetrics, ListenerStats, Protocol, TlsState};
+use crate::proxy::authz::Allow;
+use crate::proxy::inbound::Inbound;
+use crate::proxy::listener::{self, Handler, Shared};
+use crate::proxy::outbound::{Origin, Outbound, Remote};
+use crate::proxy::{self, ListenerConfig, ListenerMetrics, ListenerStats, Protocol, Slot};
 use crate::reload::{self, SetConfig};
+use crate::tls::{self, Pins};
 use crate::watch::{self, WatchConfig};
 
 /// How credentials are watched, for every long-running subcommand.
@@ -57,6 +61,17 @@ pub struct WatchPlan {
 pub struct ServerPlan {
     pub core: CorePlan,
     pub listener: ListenerConfig,
+    pub allow: Allow,
+    pub shutdown_grace: Duration,
+}
+
+/// A checked `client` invocation.
+#[derive(Debug)]
+pub struct ClientPlan {
+    pub core: CorePlan,
+    pub listener: ListenerConfig,
+    pub remote: Remote,
+    pub pins: Pins,
     pub shutdown_grace: Duration,
 }
 
@@ -156,59 +171,122 @@ pub async fn run_watch(plan: WatchPlan) -> anyhow::Result<()> {
 /// Runs `server` until SIGTERM or SIGINT, then drains for up to the grace period.
 pub async fn run_server(plan: ServerPlan) -> anyhow::Result<()> {
     let cfg = plan.listener;
+    let (socket, mut core, shared) = start_listener(cfg, &plan.core).await?;
+    let tls: Arc<Slot<rustls::ServerConfig>> = Arc::new(Slot::empty());
+    let alpn: Vec<&'static [u8]> = match shared.cfg.protocol {
+        Protocol::Http => vec![b"h2", b"http/1.1"],
+        Protocol::Tcp => Vec::new(),
+    };
+    let min_tls = shared.cfg.min_tls;
+    core.tasks.spawn(proxy::follow_store(
+        core.store.clone(),
+        tls.clone(),
+        move |p| tls::server_config(&p.bundle, min_tls, &alpn),
+        core.cancel.clone(),
+    ));
+    let handler = Inbound {
+        http: (shared.cfg.protocol == Protocol::Http)
+            .then(|| proxy::http::Proxy::new(&shared.cfg.target, shared.cfg.connect_timeout)),
+        allow: plan.allow,
+        tls,
+        shared,
+    };
+    serve_until_shutdown(socket, core, handler, plan.shutdown_grace).await
+}
+
+/// Runs `client` until SIGTERM or SIGINT, then drains for up to the grace period.
+pub async fn run_client(plan: ClientPlan) -> anyhow::Result<()> {
+    let (socket, mut core, shared) = start_listener(plan.listener, &plan.core).await?;
+    let origin: Arc<Slot<Origin>> = Arc::new(Slot::empty());
+    let remote = Arc::new(plan.remote);
+    let http = shared.cfg.protocol == Protocol::Http;
+    // Offer HTTP/2 in http mode (the pool multiplexes over it); tcp mode carries opaque bytes.
+    let alpn: Vec<&'static [u8]> = if http {
+        vec![b"h2", b"http/1.1"]
+    } else {
+        Vec::new()
+    };
+    let build = {
+        let (remote, pins, min_tls) = (remote.clone(), plan.pins, shared.cfg.min_tls);
+        let pool_shared = Shared {
+            cfg: shared.cfg.clone(),
+            metrics: shared.metrics.clone(),
+            stats: shared.stats.clone(),
+        };
+        move |p: &crate::creds::store::Published| {
+            let cfg = tls::client_config(&p.bundle, min_tls, &alpn, &pins)?;
+            let connector = tokio_rustls::TlsConnector::from(cfg);
+            Ok(Arc::new(Origin {
+                pool: http.then(|| {
+                    proxy::outbound_http::Pool::new(remote.clone(), connector.clone(), &pool_shared)
+                }),
+                tls: connector,
+            }))
+        }
+    };
+    core.tasks.spawn(proxy::follow_store(
+        core.store.clone(),
+        origin.clone(),
+        build,
+        core.cancel.clone(),
+    ));
+    let handler = Outbound {
+        shared,
+        remote,
+        origin,
+    };
+    serve_until_shutdown(socket, core, handler, plan.shutdown_grace).await
+}
+
+/// Binds the listener (first, so a taken port fails fast), starts the credential pipeline and
+/// the admin endpoint, and returns what the connections of this listener share.
+async fn start_listener(
+    cfg: ListenerConfig,
+    plan: &CorePlan,
+) -> anyhow::Result<(tokio::net::TcpListener, Core, Shared)> {
     let (socket, address) = listener::bind(&cfg).await.with_context(|| {
         format!(
             "--listen {}: cannot listen (port in use, or not allowed?)",
             cfg.listen
         )
     })?;
-    let mut core = start_core(&plan.core);
+    let mut core = start_core(plan);
     let stats = Arc::new(ListenerStats {
         name: cfg.name.clone(),
         address,
         active: AtomicI64::new(0),
     });
-    core.start_admin(plan.core.admin, vec![stats.clone()])
-        .await?;
-
-    let tls = Arc::new(TlsState::default());
-    let alpn: Vec<Vec<u8>> = match cfg.protocol {
-        Protocol::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        Protocol::Tcp => Vec::new(),
-    };
-    core.tasks.spawn(proxy::follow_store(
-        core.store.clone(),
-        tls.clone(),
-        cfg.min_tls,
-        alpn,
-        core.cancel.clone(),
-    ));
-    let ctx = Arc::new(ConnCtx {
-        http: (cfg.protocol == Protocol::Http)
-            .then(|| proxy::http::Proxy::new(&cfg.target, cfg.connect_timeout)),
+    core.start_admin(plan.admin, vec![stats.clone()]).await?;
+    let shared = Shared {
         metrics: ListenerMetrics::new(core.metrics.clone(), &cfg.name),
-        tls,
         stats,
         cfg,
-    });
+    };
+    Ok((socket, core, shared))
+}
+
+/// Accepts connections until SIGTERM/SIGINT, then stops accepting and lets open connections
+/// finish for up to `grace`.
+async fn serve_until_shutdown<H: Handler>(
+    socket: tokio::net::TcpListener,
+    mut core: Core,
+    handler: H,
+    grace: Duration,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let accept = tokio::spawn(listener::serve(
         socket,
-        ctx,
+        Arc::new(handler),
         shutdown.clone(),
         tracker.clone(),
     ));
-
     core.wait_for_shutdown().await?;
-    info!(grace = ?plan.shutdown_grace, "shutting down: no new connections, draining open ones");
+    info!(grace = ?grace, "shutting down: no new connections, draining open ones");
     shutdown.cancel();
     let _ = accept.await;
     tracker.close();
-    if tokio::time::timeout(plan.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(
             open = tracker.len(),
             "shutdown grace period over; closing the remaining connections"

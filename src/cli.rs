@@ -38,6 +38,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Terminate mTLS in front of a plaintext app: verify client certificates, forward to --target.
     Server(Box<ServerArgs>),
+    /// Originate mTLS for a plaintext app: listen on loopback, connect to --target with our client certificate.
+    Client(Box<ClientArgs>),
     /// Watch the credentials; on each validated change run the action (no proxy).
     Watch(Box<WatchArgs>),
     /// Try it: a throwaway PKI, a plaintext app, `server --protocol http` in front, rotation every 30 s.
@@ -286,13 +288,20 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub allow_uri: Vec<String>,
-    /// Lowest TLS version accepted.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Timeouts and limits of a listener (`server` and `client`).
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// Lowest TLS version accepted (server) or offered (client).
     #[arg(long, env = "MTLS_SIDECAR_MIN_TLS", value_enum, default_value_t = crate::tls::MinTls::V12)]
     pub min_tls: crate::tls::MinTls,
-    /// Longest time a client may take to complete the TLS handshake.
+    /// Longest time a TLS handshake may take.
     #[arg(long, env = "MTLS_SIDECAR_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub handshake_timeout: Duration,
-    /// Longest time to connect to the target.
+    /// Longest time to connect to --target.
     #[arg(long, env = "MTLS_SIDECAR_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub connect_timeout: Duration,
     /// A connection with no traffic for this long is closed; also the longest wait for an upstream response (then 504).
@@ -312,6 +321,49 @@ pub struct ServerArgs {
     /// On SIGTERM, how long open connections may take to finish.
     #[arg(long, env = "MTLS_SIDECAR_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration, default_value = "25s")]
     pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub creds: CredentialArgs,
+    #[command(flatten)]
+    pub reload: ReloadArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Plaintext address the app connects to; must be loopback unless --unsafe-listen.
+    #[arg(long, env = "MTLS_SIDECAR_LISTEN", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Allow a --listen address that is not loopback (anyone who reaches it talks as us).
+    #[arg(long, env = "MTLS_SIDECAR_UNSAFE_LISTEN")]
+    pub unsafe_listen: bool,
+    /// The mTLS server: `host:port`.
+    #[arg(long, env = "MTLS_SIDECAR_TARGET", value_name = "HOST:PORT")]
+    pub target: String,
+    /// SNI and the name the server certificate must be valid for [default: the --target host].
+    #[arg(long, env = "MTLS_SIDECAR_SERVER_NAME", value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// The server certificate must also carry this DNS SAN (repeatable; env: comma-separated).
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_VERIFY_DNS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub verify_dns: Vec<String>,
+    /// The server certificate must also carry this URI SAN (repeatable; env: comma-separated).
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_VERIFY_URI",
+        value_name = "URI",
+        value_delimiter = ','
+    )]
+    pub verify_uri: Vec<String>,
+    /// `tcp` carries bytes; `http` forwards requests over a pool of kept-alive mTLS connections.
+    #[arg(long, env = "MTLS_SIDECAR_PROTOCOL", value_enum, default_value_t = crate::proxy::Protocol::Tcp)]
+    pub protocol: crate::proxy::Protocol,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 /// humantime (`500ms`, `30s`, `5m`), or `0` for "off".

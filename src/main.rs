@@ -12,12 +12,17 @@ use mtls_sidecar::actions::stage::StageAction;
 use mtls_sidecar::actions::verify::VerifyAction;
 use mtls_sidecar::actions::webhook::WebhookAction;
 use mtls_sidecar::actions::{exec::ExecAction, Action, Pacing};
-use mtls_sidecar::app::{self, CorePlan, ServerPlan, WatchPlan};
-use mtls_sidecar::cli::{non_empty, Cli, Command, LogFormat, ServerArgs, WatchArgs};
+use mtls_sidecar::app::{self, ClientPlan, CorePlan, ServerPlan, WatchPlan};
+use mtls_sidecar::cli::{
+    non_empty, Cli, ClientArgs, Command, ConnArgs, LogFormat, ServerArgs, WatchArgs,
+};
 use mtls_sidecar::creds::validate::Usage;
 use mtls_sidecar::proxy::authz::Allow;
-use mtls_sidecar::proxy::{ListenerConfig, Target};
+use mtls_sidecar::proxy::outbound::Remote;
+use mtls_sidecar::proxy::{ListenerConfig, Protocol, Target};
 use mtls_sidecar::reload::SetConfig;
+use mtls_sidecar::tls::Pins;
+use rustls::pki_types::ServerName;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -38,6 +43,13 @@ fn main() -> ExitCode {
         Command::Server(args) => match server_plan(args) {
             Err(msg) => usage_error(&msg),
             Ok(plan) => match run_async(app::run_server(plan)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => runtime_error(&e),
+            },
+        },
+        Command::Client(args) => match client_plan(args) {
+            Err(msg) => usage_error(&msg),
+            Ok(plan) => match run_async(app::run_client(plan)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => runtime_error(&e),
             },
@@ -150,9 +162,6 @@ fn server_plan(args: &ServerArgs) -> Result<ServerPlan, String> {
     if !allow.is_configured() {
         return Err("server needs an access rule: --allow-all, or one or more of --allow-cn, --allow-ou, --allow-dns, --allow-uri".into());
     }
-    if args.max_connections == 0 {
-        return Err("--max-connections must be at least 1".into());
-    }
     let set = SetConfig {
         name: "default".into(),
         paths,
@@ -161,20 +170,82 @@ fn server_plan(args: &ServerArgs) -> Result<ServerPlan, String> {
     };
     Ok(ServerPlan {
         core: CorePlan::new(set, &args.reload, args.admin.admin_listen),
-        listener: ListenerConfig {
-            name: "server".into(),
-            listen: args.listen,
-            target,
-            protocol: args.protocol,
-            allow,
-            min_tls: args.min_tls,
-            handshake_timeout: args.handshake_timeout,
-            connect_timeout: args.connect_timeout,
-            idle_timeout: args.idle_timeout,
-            max_connections: args.max_connections,
-            max_connection_age: args.max_connection_age.filter(|d| !d.is_zero()),
+        listener: listener_config("server", args.listen, target, args.protocol, &args.conn)?,
+        allow,
+        shutdown_grace: args.conn.shutdown_grace,
+    })
+}
+
+fn client_plan(args: &ClientArgs) -> Result<ClientPlan, String> {
+    let paths = args.creds.paths().map_err(|e| e.to_string())?;
+    if !args.listen.ip().is_loopback() && !args.unsafe_listen {
+        return Err(format!(
+            "--listen {}: client mode listens in plaintext and connects as this pod's identity, so it must be loopback (127.0.0.1:PORT or [::1]:PORT); add --unsafe-listen if you really mean it",
+            args.listen
+        ));
+    }
+    let target = match Target::parse(&args.target) {
+        Ok(t @ Target::Tcp(_)) => t,
+        Ok(Target::Unix(_)) => {
+            return Err("--target: client mode connects over TCP: expected host:port".into())
+        }
+        Err(e) => return Err(format!("--target: {e}")),
+    };
+    let addr = target.to_string();
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), "443"));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = args.server_name.as_deref().unwrap_or(host);
+    let server_name = ServerName::try_from(name.to_string()).map_err(|e| {
+        format!("--server-name {name:?}: {e} (expected a DNS name or an IP address)")
+    })?;
+    let authority = match (port, &server_name) {
+        ("443", ServerName::DnsName(_)) => name.to_string(),
+        (_, ServerName::IpAddress(_)) if name.contains(':') => format!("[{name}]:{port}"),
+        _ => format!("{name}:{port}"),
+    };
+    let set = SetConfig {
+        name: "default".into(),
+        paths,
+        // Our own leaf authenticates us to the server: it needs clientAuth.
+        policy: args.creds.policy(Usage::Client),
+    };
+    Ok(ClientPlan {
+        core: CorePlan::new(set, &args.reload, args.admin.admin_listen),
+        listener: listener_config("client", args.listen, target, args.protocol, &args.conn)?,
+        remote: Remote {
+            addr,
+            server_name,
+            authority,
         },
-        shutdown_grace: args.shutdown_grace,
+        pins: Pins {
+            dns: non_empty(&args.verify_dns),
+            uri: non_empty(&args.verify_uri),
+        },
+        shutdown_grace: args.conn.shutdown_grace,
+    })
+}
+
+fn listener_config(
+    name: &str,
+    listen: std::net::SocketAddr,
+    target: Target,
+    protocol: Protocol,
+    conn: &ConnArgs,
+) -> Result<ListenerConfig, String> {
+    if conn.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
+    Ok(ListenerConfig {
+        name: name.into(),
+        listen,
+        target,
+        protocol,
+        min_tls: conn.min_tls,
+        handshake_timeout: conn.handshake_timeout,
+        connect_timeout: conn.connect_timeout,
+        idle_timeout: conn.idle_timeout,
+        max_connections: conn.max_connections,
+        max_connection_age: conn.max_connection_age.filter(|d| !d.is_zero()),
     })
 }
 

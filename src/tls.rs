@@ -1,18 +1,23 @@
-//! The only place that builds rustls configurations. A server config is built from a validated
-//! `Bundle` once per publish (never per connection): our leaf and key, and a webpki client
-//! verifier over the peer CA bundle that requires a client certificate. The probe config of
+//! The only place that builds rustls configurations. A server config (`server`) or client config
+//! (`client`) is built from a validated `Bundle` once per publish (never per connection): our
+//! leaf and key, and a webpki verifier over the peer CA bundle: clients must present a
+//! certificate; servers must carry serverAuth, the expected name and any pinned SANs. The probe config of
 //! `--verify-addr` trusts nothing: it only records which leaf the app serves. The https client
 //! of `--webhook` verifies the server against the given roots and presents no certificate.
 
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::aws_lc_rs;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::SingleCertAndKey;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
 use crate::creds::validate::Bundle;
 
@@ -149,4 +154,117 @@ pub fn https_client(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(cfg))
+}
+
+/// SANs the server's leaf must carry on top of the verified name (`--verify-dns`, `--verify-uri`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pins {
+    pub dns: Vec<String>,
+    pub uri: Vec<String>,
+}
+
+/// The server's leaf lacks a pinned SAN.
+#[derive(Debug, thiserror::Error)]
+#[error("the server certificate lacks the pinned {kind} SAN {value:?}")]
+pub struct PinMismatch {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+/// A client config for `client`: presents the bundle's leaf (which has clientAuth), verifies the
+/// server against the bundle's peer roots (chain, serverAuth, name) and `pins`, and resumes
+/// sessions with the servers it already talked to. `alpn` lists the protocols offered.
+pub fn client_config(
+    bundle: &Bundle,
+    min: MinTls,
+    alpn: &[&[u8]],
+    pins: &Pins,
+) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let webpki =
+        WebPkiServerVerifier::builder_with_provider(bundle.peer_roots().clone(), provider.clone())
+            .build()
+            .map_err(|e| format!("server verifier: {e}"))?;
+    let verifier = Arc::new(PinnedServer {
+        inner: webpki,
+        pins: pins.clone(),
+    });
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(min))
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
+            bundle.certified_key().clone(),
+        )));
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// webpki's server verification, then the SAN pins.
+#[derive(Debug)]
+struct PinnedServer {
+    inner: Arc<WebPkiServerVerifier>,
+    pins: Pins,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        if self.pins == Pins::default() {
+            return Ok(verified);
+        }
+        let sans = crate::proxy::identity::PeerIdentity::from_der(end_entity).ok_or(
+            rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
+        )?;
+        let missing = |kind: &'static str, want: &[String], have: &[String]| {
+            want.iter()
+                .find(|w| !have.contains(w))
+                .map(|value| PinMismatch {
+                    kind,
+                    value: value.clone(),
+                })
+        };
+        match missing("DNS", &self.pins.dns, &sans.dns).or(missing(
+            "URI",
+            &self.pins.uri,
+            &sans.uri,
+        )) {
+            None => Ok(verified),
+            Some(m) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(m)),
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }

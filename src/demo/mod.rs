@@ -136,16 +136,16 @@ pub async fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
             listen,
             target: Target::Tcp(upstream_addr.to_string()),
             protocol: Protocol::Http,
-            allow: Allow {
-                all: true,
-                ..Allow::default()
-            },
             min_tls: MinTls::V12,
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
             max_connections: 1000,
             max_connection_age: None,
+        },
+        allow: Allow {
+            all: true,
+            ..Allow::default()
         },
         shutdown_grace: Duration::from_secs(5),
     })

@@ -1,38 +1,28 @@
-//! `--protocol http`: a hyper server on the TLS connection (HTTP/1.1 keep-alive, or HTTP/2 when
-//! ALPN chose `h2`) forwarding to the target through a pooled client (HTTP/2 prior knowledge for
+//! `server --protocol http`: requests on the TLS connection (HTTP/1.1 keep-alive, or HTTP/2 when
+//! ALPN chose `h2`; lifecycle in `http_conn`) are forwarded to the target through a pooled client (HTTP/2 prior knowledge for
 //! gRPC, HTTP/1.1 otherwise). Client-sent identity headers are removed and ours added: the
 //! upstream can trust `X-Client-*`. Upstream errors become 502, an upstream slower than
 //! `--idle-timeout` 504; neither ever hangs the client.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
+use super::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
 use super::identity::PeerIdentity;
-use super::io::{connect, Activity, Tracked, Upstream};
-use super::listener::ConnCtx;
+use super::inbound::Inbound;
+use super::io::{connect, Activity, Upstream};
 use super::Target;
-
-type Body = BoxBody<Bytes, hyper::Error>;
-
-/// The longest a client may take to send a request's headers.
-const MAX_HEADER_READ: Duration = Duration::from_secs(30);
-/// Extra time a closing connection gets to finish a response that is still moving.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Identity and forwarding headers we set or vouch for; any copy a client sends is dropped first.
 const IDENTITY_HEADERS: [&str; 7] = [
@@ -43,17 +33,6 @@ const IDENTITY_HEADERS: [&str; 7] = [
     "x-forwarded-client-cert",
     "x-forwarded-for",
     "x-forwarded-proto",
-];
-
-/// Connection-level headers that must not be forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
 ];
 
 /// Opens upstream connections for the pooled client.
@@ -108,74 +87,31 @@ impl Proxy {
     }
 }
 
-/// Serves one TLS connection until it ends, the client idles past `--idle-timeout`, it reaches
-/// `--max-connection-age`, or shutdown starts (the last two close gracefully: HTTP/1 after the
-/// in-flight response with `Connection: close`, HTTP/2 with GOAWAY).
+/// Serves one TLS connection of a `server` listener (see `http_conn` for its lifecycle).
 pub async fn serve<S>(
     tls: S,
     identity: PeerIdentity,
     allowed: bool,
     peer: SocketAddr,
-    ctx: &Arc<ConnCtx>,
+    ctx: &Arc<Inbound>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
-    let io = TokioIo::new(Tracked::new(tls, activity.clone()));
     let identity = Arc::new(identity);
-    let svc_ctx = ctx.clone();
-    let svc_activity = activity.clone();
-    let svc = hyper::service::service_fn(move |req| {
+    let (svc_ctx, svc_activity) = (ctx.clone(), activity.clone());
+    let handle = move |req| {
         let (ctx, identity) = (svc_ctx.clone(), identity.clone());
         let activity = svc_activity.clone();
-        async move { Ok::<_, Infallible>(respond(req, &ctx, &identity, allowed, peer, &activity).await) }
-    });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // A client that starts a request and stalls is dropped like an idle one.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(ctx.cfg.idle_timeout.min(MAX_HEADER_READ));
-    builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection(io, svc);
-    tokio::pin!(conn);
-    let age = async {
-        match ctx.cfg.max_connection_age {
-            Some(age) => tokio::time::sleep(age).await,
-            None => std::future::pending().await,
-        }
+        async move { respond(req, &ctx, &identity, allowed, peer, &activity).await }
     };
-    tokio::pin!(age);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    debug!(listener = %ctx.cfg.name, %peer, error = %e, "http connection ended with an error");
-                }
-                return;
-            }
-            _ = shutdown.cancelled(), if !closing => closing = true,
-            _ = &mut age, if !closing => closing = true,
-            _ = activity.idle(ctx.cfg.idle_timeout), if !closing => closing = true,
-            // Graceful close waits for in-flight responses; one that stalls (half-sent request
-            // headers, an upstream that stops mid-body) is dropped once nothing moved for the
-            // idle timeout plus a short grace.
-            _ = activity.idle(ctx.cfg.idle_timeout + CLOSE_GRACE), if closing => {
-                debug!(listener = %ctx.cfg.name, %peer, "closing a stalled connection");
-                return;
-            }
-        }
-        if closing {
-            conn.as_mut().graceful_shutdown();
-        }
-    }
+    serve_conn(tls, &ctx.shared.cfg, peer, shutdown, activity, handle).await;
 }
 
 async fn respond(
     req: Request<Incoming>,
-    ctx: &ConnCtx,
+    ctx: &Inbound,
     id: &PeerIdentity,
     allowed: bool,
     peer: SocketAddr,
@@ -196,19 +132,22 @@ async fn respond(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         r
     };
-    ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
-    ctx.metrics.http_response(resp.status().as_u16());
+    ctx.shared
+        .metrics
+        .duration
+        .observe(start.elapsed().as_secs_f64());
+    ctx.shared.metrics.http_response(resp.status().as_u16());
     resp
 }
 
 async fn forward(
     mut req: Request<Incoming>,
-    ctx: &ConnCtx,
+    ctx: &Inbound,
     id: &PeerIdentity,
     peer: SocketAddr,
     activity: &Activity,
 ) -> Response<Body> {
-    // The default ConnCtx for http listeners always has a Proxy.
+    // An http listener always has a Proxy.
     let Some(proxy) = ctx.http.as_ref() else {
         return short(StatusCode::INTERNAL_SERVER_ERROR, "no upstream client");
     };
@@ -255,28 +194,21 @@ async fn forward(
     let outcome = tokio::select! {
         r = request => Ok(r),
         // Not a fixed deadline: a long upload keeps the connection busy and is never cut.
-        _ = activity.idle(ctx.cfg.idle_timeout) => Err(()),
+        _ = activity.idle(ctx.shared.cfg.idle_timeout) => Err(()),
     };
     match outcome {
-        Ok(Ok(mut resp)) => {
-            // With both, the body was decoded as chunked: a stale length would truncate it.
-            if resp.headers().contains_key(header::TRANSFER_ENCODING) {
-                resp.headers_mut().remove(header::CONTENT_LENGTH);
-            }
-            strip_hop_by_hop(resp.headers_mut());
-            resp.map(|b| b.boxed())
-        }
+        Ok(Ok(resp)) => relay_response(resp),
         Ok(Err(e)) => {
-            ctx.metrics.upstream_failures.inc();
-            warn!(listener = %ctx.cfg.name, target = %ctx.cfg.target, error = %e, "upstream request failed");
+            ctx.shared.metrics.upstream_failures.inc();
+            warn!(listener = %ctx.shared.cfg.name, target = %ctx.shared.cfg.target, error = %e, "upstream request failed");
             short(
                 StatusCode::BAD_GATEWAY,
                 "bad gateway: the upstream app did not answer",
             )
         }
         Err(_) => {
-            ctx.metrics.upstream_failures.inc();
-            warn!(listener = %ctx.cfg.name, target = %ctx.cfg.target, timeout = ?ctx.cfg.idle_timeout, "upstream request timed out");
+            ctx.shared.metrics.upstream_failures.inc();
+            warn!(listener = %ctx.shared.cfg.name, target = %ctx.shared.cfg.target, timeout = ?ctx.shared.cfg.idle_timeout, "upstream request timed out");
             short(
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway timeout: the upstream app did not answer in time",
@@ -289,33 +221,4 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(HeaderName::from_static(name), v);
     }
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for name in listed.iter().map(String::as_str).chain(HOP_BY_HOP) {
-        // `te: trailers` is how gRPC says it understands trailers; keep exactly that.
-        if name == "te" && headers.get(header::TE).is_some_and(|v| v == "trailers") {
-            continue;
-        }
-        headers.remove(name);
-    }
-}
-
-fn short(code: StatusCode, msg: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("{msg}\n")))
-        .map_err(|never| match never {})
-        .boxed();
-    let mut r = Response::new(body);
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }

@@ -1,17 +1,24 @@
-//! The TLS proxy: listeners that terminate mTLS (`server`). Data comes from the credential store
-//! (one rustls config per publish, read with one `ArcSwap` load per accepted connection) and
-//! goes to the plaintext `--target`.
+//! The TLS proxy: listeners that terminate mTLS (`server`: TLS in, plaintext to `--target`) or
+//! originate it (`client`: plaintext in on loopback, mTLS to `--target`). Credentials come from
+//! the store: one rustls config per publish, read with one `ArcSwap` load per accepted
+//! connection (or per request in `client --protocol http`).
 //!
-//! - [`listener`]: accept loop, connection limit, handshake, access control, drain.
-//! - [`tcp`], [`http`]: what happens after the handshake (byte copy, or a hyper reverse proxy).
-//! - [`authz`], [`identity`]: allow-lists and the verified client's identity.
-//! - [`io`]: upstream connections and idle tracking.
+//! - [`listener`]: the accept loop both share: connection limit, counting, drain.
+//! - [`inbound`], [`outbound`]: what a `server` or `client` connection does.
+//! - [`tcp`], [`http_conn`]: byte copy, or an HTTP connection's lifecycle; [`http`] and
+//!   [`outbound_http`] forward requests in each direction.
+//! - [`authz`], [`identity`]: allow-lists and the verified peer's identity.
+//! - [`io`]: plaintext upstream connections and idle tracking.
 
 pub mod authz;
 pub mod http;
+pub mod http_conn;
 pub mod identity;
+pub mod inbound;
 pub mod io;
 pub mod listener;
+pub mod outbound;
+pub mod outbound_http;
 pub mod tcp;
 
 use std::net::SocketAddr;
@@ -24,14 +31,12 @@ use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::creds::store::Store;
+use crate::creds::store::{Published, Store};
 use crate::metrics::{ListenerLabels, ListenerReasonLabels, Metrics};
-use crate::tls::{self, MinTls};
-use authz::Allow;
+use crate::tls::MinTls;
 
 /// Where plaintext goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +88,6 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     pub target: Target,
     pub protocol: Protocol,
-    pub allow: Allow,
     pub min_tls: MinTls,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
@@ -156,34 +160,30 @@ impl ListenerMetrics {
     }
 }
 
-/// The server config in use: replaced on every publish, `None` until the first valid bundle.
-#[derive(Default)]
-pub struct TlsState {
-    pub config: ArcSwapOption<ServerConfig>,
-}
+/// What a listener's connections load, replaced on every publish: a rustls config (`server`) or
+/// an upstream origin (`client`). `None` until the first valid bundle.
+pub type Slot<T> = ArcSwapOption<T>;
 
-/// Rebuilds the listener's rustls config after every publish until `cancel`.
-pub async fn follow_store(
+/// Rebuilds `slot` with `build` after every publish until `cancel`; a build that fails keeps
+/// the previous value (validation already proved the bundle usable, so this is not expected).
+pub async fn follow_store<T>(
     store: Arc<Store>,
-    state: Arc<TlsState>,
-    min_tls: MinTls,
-    alpn: Vec<Vec<u8>>,
+    slot: Arc<Slot<T>>,
+    build: impl Fn(&Published) -> Result<Arc<T>, String>,
     cancel: CancellationToken,
 ) {
     let mut generations = store.subscribe();
     loop {
         if let Some(p) = store.load() {
-            let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
-            match tls::server_config(&p.bundle, min_tls, &alpn) {
-                Ok(cfg) => {
-                    state.config.store(Some(cfg));
+            match build(&p) {
+                Ok(v) => {
+                    slot.store(Some(v));
                     info!(
                         set = store.set(),
                         generation = p.generation,
-                        "tls config updated for new handshakes"
+                        "tls config updated for new connections"
                     );
                 }
-                // Validation already proved the bundle usable; keep the previous config if not.
                 Err(e) => {
                     error!(set = store.set(), generation = p.generation, error = %e, "cannot build a tls config; keeping the previous one")
                 }

@@ -1,32 +1,24 @@
-//! `--protocol tcp`: copy bytes both ways between the TLS client and the plaintext target,
+//! `--protocol tcp`: copy bytes both ways between the accepted connection and the upstream,
 //! passing a half-close on (EOF one way shuts down that direction only). Ends on
-//! `--idle-timeout` without traffic or at `--max-connection-age`; a reload never ends it.
+//! `--idle-timeout` without traffic or at `--max-connection-age`; a reload never ends it. Used by
+//! `server` (TLS client, plaintext app) and `client` (plaintext app, TLS server) alike.
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::io::{connect, Activity, Tracked};
-use super::listener::ConnCtx;
+use super::io::{Activity, Tracked};
+use super::ListenerConfig;
 
-pub async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
-    client: S,
-    ctx: &ConnCtx,
-    _shutdown: CancellationToken,
-) {
-    let upstream = match connect(&ctx.cfg.target, ctx.cfg.connect_timeout).await {
-        Ok(u) => u,
-        Err(e) => {
-            ctx.metrics.upstream_failures.inc();
-            warn!(listener = %ctx.cfg.name, target = %ctx.cfg.target, error = %e, "upstream connect failed; closing the client connection");
-            return;
-        }
-    };
+pub async fn splice<A, B>(client: A, upstream: B, cfg: &ListenerConfig)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let activity = Activity::new();
     let mut client = Tracked::new(client, activity.clone());
     let mut upstream = Tracked::new(upstream, activity.clone());
     let age = async {
-        match ctx.cfg.max_connection_age {
+        match cfg.max_connection_age {
             Some(age) => tokio::time::sleep(age).await,
             None => std::future::pending().await,
         }
@@ -35,10 +27,10 @@ pub async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {
-                debug!(listener = %ctx.cfg.name, error = %e, "connection ended with an error");
+                debug!(listener = %cfg.name, error = %e, "connection ended with an error");
             }
         }
-        _ = activity.idle(ctx.cfg.idle_timeout) => debug!(listener = %ctx.cfg.name, "idle timeout"),
-        _ = age => debug!(listener = %ctx.cfg.name, "max connection age reached"),
+        _ = activity.idle(cfg.idle_timeout) => debug!(listener = %cfg.name, "idle timeout"),
+        _ = age => debug!(listener = %cfg.name, "max connection age reached"),
     }
 }
