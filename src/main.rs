@@ -189,7 +189,10 @@ fn client_plan(args: &ClientArgs) -> Result<ClientPlan, String> {
         Ok(Target::Unix(_)) => {
             return Err("--target: client mode connects over TCP: expected host:port".into())
         }
-        Err(e) => return Err(format!("--target: {e}")),
+        Err(_) => return Err(format!(
+            "--target: expected host:port (e.g. api.production.svc.cluster.local:443), got {:?}",
+            args.target
+        )),
     };
     let addr = target.to_string();
     let (host, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), "443"));

@@ -78,7 +78,9 @@ impl Handler for Inbound {
         match (s.cfg.protocol, allowed) {
             (Protocol::Tcp, false) => {}
             (Protocol::Tcp, true) => match connect(&s.cfg.target, s.cfg.connect_timeout).await {
-                Ok(upstream) => tcp::splice(tls, upstream, &s.cfg).await,
+                Ok(upstream) => {
+                    tcp::splice(tls, upstream, &s.cfg).await;
+                }
                 Err(e) => {
                     s.metrics.upstream_failures.inc();
                     warn!(listener = %s.cfg.name, target = %s.cfg.target, error = %e, "upstream connect failed; closing the client connection");

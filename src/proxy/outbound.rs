@@ -65,6 +65,8 @@ pub enum UpstreamError {
         reason: &'static str,
         source: io::Error,
     },
+    #[error("the server refused our client certificate (TLS alert {alert:?})")]
+    Rejected { alert: rustls::AlertDescription },
     #[error("TLS handshake with {addr} timed out after {after:?}")]
     HandshakeTimeout {
         addr: String,
@@ -79,6 +81,7 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => "connect_failed",
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
             UpstreamError::Handshake { reason, .. } => reason,
+            UpstreamError::Rejected { .. } => "rejected_by_server",
             UpstreamError::HandshakeTimeout { .. } => "timeout",
         }
     }
@@ -151,14 +154,47 @@ impl Handler for Outbound {
             None => Err(UpstreamError::NoCredentials),
             Some(origin) => connect(&self.remote, &origin.tls, &s.cfg).await,
         };
-        match upstream {
-            Ok(tls) => tcp::splice(tcp, tls, &s.cfg).await,
-            Err(e) => {
-                e.count(s);
-                warn!(listener = %s.cfg.name, %peer, reason = e.reason(), error = %e, "upstream unavailable; closing the local connection");
-            }
+        let rejected = match upstream {
+            Ok(tls) => tcp::splice(tcp, tls, &s.cfg)
+                .await
+                .and_then(|e| rejected_by_server(&e)),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = rejected {
+            e.count(s);
+            warn!(listener = %s.cfg.name, %peer, reason = e.reason(), error = %e, "upstream unavailable; closing the local connection");
         }
     }
+}
+
+/// With TLS 1.3 the server checks our certificate after our side of the handshake is done: a
+/// refusal arrives as an alert on the first read. Turns such an error into the handshake
+/// failure it really is.
+pub fn rejected_by_server(e: &(dyn std::error::Error + 'static)) -> Option<UpstreamError> {
+    match find_in_chain::<TlsError>(e)? {
+        TlsError::AlertReceived(alert) => Some(UpstreamError::Rejected { alert: *alert }),
+        _ => None,
+    }
+}
+
+/// The first `T` in `e`'s cause chain, looking inside `io::Error`s too (whose `source()` skips
+/// the error they wrap).
+pub fn find_in_chain<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            if let Some(t) = find_in_chain::<T>(inner) {
+                return Some(t);
+            }
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// A short, stable label for a failed upstream handshake.

@@ -3,8 +3,11 @@
 //! (HTTP/2 when the server offers `h2` by ALPN, else HTTP/1.1), so an app that opens a
 //! connection per request pays no handshake per request. The pool belongs to the origin of one
 //! publish: after a rotation new requests use a new pool, and the old pool's connections close
-//! once their in-flight requests are done. Upstream failures answer 502 with the reason, an
-//! upstream that stays silent for `--idle-timeout` 504; nothing hangs.
+//! once their in-flight requests are done. A request the server provably did not process (an
+//! HTTP/2 stream refused, or above the last stream id of a graceful GOAWAY: the server is
+//! draining the connection) is sent once more on another connection if it has no body and an
+//! idempotent method. Upstream failures answer 502 with the reason, an upstream that stays
+//! silent for `--idle-timeout` 504; nothing hangs.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,9 +15,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Body as _, Incoming};
 use hyper::header;
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,12 +28,14 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
 use super::io::Activity;
 use super::listener::Shared;
-use super::outbound::{connect, Outbound, Remote, UpstreamError};
+use super::outbound::{
+    connect, find_in_chain, rejected_by_server, Outbound, Remote, UpstreamError,
+};
 use super::ListenerConfig;
 
 /// How long an unused pooled connection stays open.
@@ -37,21 +43,39 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// The kept-alive upstream connections of one origin.
 pub struct Pool {
-    client: Client<Connector, Incoming>,
+    client: Client<Connector, Body>,
+    rejected: Arc<Rejections>,
+}
+
+/// The last TLS alert by which the server refused our certificate on one of the pool's
+/// connections. With TLS 1.3 that refusal arrives after the handshake, inside the HTTP
+/// connection, where the request's error no longer says why; this tells the 502 the reason.
+#[derive(Default)]
+struct Rejections(std::sync::Mutex<Option<rustls::AlertDescription>>);
+
+impl Rejections {
+    fn set(&self, alert: Option<rustls::AlertDescription>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = alert;
+    }
+    fn get(&self) -> Option<rustls::AlertDescription> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Pool {
     pub fn new(remote: Arc<Remote>, tls: TlsConnector, shared: &Shared) -> Self {
+        let rejected = Arc::new(Rejections::default());
         let connector = Connector {
             remote,
             tls,
             cfg: Arc::new(shared.cfg.clone()),
             metrics: shared.metrics.clone(),
+            rejected: rejected.clone(),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .build(connector);
-        Pool { client }
+        Pool { client, rejected }
     }
 }
 
@@ -62,6 +86,7 @@ struct Connector {
     tls: TlsConnector,
     cfg: Arc<ListenerConfig>,
     metrics: super::ListenerMetrics,
+    rejected: Arc<Rejections>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -78,7 +103,7 @@ impl tower_service::Service<Uri> for Connector {
         let this = self.clone();
         Box::pin(async move {
             match connect(&this.remote, &this.tls, &this.cfg).await {
-                Ok(tls) => Ok(TokioIo::new(Upstream(tls))),
+                Ok(tls) => Ok(TokioIo::new(Upstream(tls, this.rejected.clone()))),
                 Err(e) => {
                     if matches!(
                         e,
@@ -93,8 +118,9 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// An upstream mTLS connection that tells the pool whether ALPN chose HTTP/2.
-struct Upstream(TlsStream<TcpStream>);
+/// An upstream mTLS connection that tells the pool whether ALPN chose HTTP/2, and notes a
+/// refusal of our certificate.
+struct Upstream(TlsStream<TcpStream>, Arc<Rejections>);
 
 impl Connection for Upstream {
     fn connected(&self) -> Connected {
@@ -113,7 +139,14 @@ impl AsyncRead for Upstream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.0).poll_read(cx, buf);
+        if let Poll::Ready(Err(e)) = &r {
+            if let Some(UpstreamError::Rejected { alert }) = rejected_by_server(e) {
+                this.1.set(Some(alert));
+            }
+        }
+        r
     }
 }
 
@@ -156,11 +189,7 @@ pub async fn serve(
     serve_conn(tcp, &ctx.shared.cfg, peer, shutdown, activity, handle).await;
 }
 
-async fn forward(
-    mut req: Request<Incoming>,
-    ctx: &Outbound,
-    activity: &Activity,
-) -> Response<Body> {
+async fn forward(req: Request<Incoming>, ctx: &Outbound, activity: &Activity) -> Response<Body> {
     let s = &ctx.shared;
     // The one load per request: a publish after this point applies to the next request.
     let Some(origin) = ctx.origin.load_full() else {
@@ -169,47 +198,59 @@ async fn forward(
     let Some(pool) = origin.pool.as_ref() else {
         return short(StatusCode::INTERNAL_SERVER_ERROR, "no upstream pool");
     };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     match format!("https://{}{}", ctx.remote.authority, path).parse() {
-        Ok(u) => *req.uri_mut() = u,
+        Ok(u) => parts.uri = u,
         Err(_) => return short(StatusCode::BAD_REQUEST, "request path cannot be forwarded"),
     }
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
+    strip_hop_by_hop(&mut parts.headers);
     // The pool sets Host (HTTP/1.1) or :authority (HTTP/2) from the URI: the server's name.
-    headers.remove(header::HOST);
-    *req.version_mut() = Version::HTTP_11;
-    let request = pool.client.request(req);
-    let outcome = tokio::select! {
-        r = request => Ok(r),
-        // Not a fixed deadline: a long upload keeps the connection busy and is never cut.
-        _ = activity.idle(s.cfg.idle_timeout) => Err(()),
-    };
-    match outcome {
-        Ok(Ok(resp)) => relay_response(resp),
-        Ok(Err(e)) => {
-            let cause =
-                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
-                    e.source()
-                })
-                .find_map(|e| e.downcast_ref::<UpstreamError>());
-            match cause {
-                Some(cause) => failed(s, cause),
-                None => {
-                    s.metrics.upstream_failures.inc();
-                    warn!(listener = %s.cfg.name, target = %ctx.remote.addr, error = %e, "upstream request failed");
-                    short(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("bad gateway: the upstream request failed: {e}"),
-                    )
-                }
-            }
+    parts.headers.remove(header::HOST);
+    parts.version = Version::HTTP_11;
+    // What a second attempt needs, for requests that can be replayed.
+    let replay = (body.is_end_stream() && is_idempotent(&parts.method)).then(|| {
+        let mut again = Request::new(empty());
+        *again.method_mut() = parts.method.clone();
+        *again.uri_mut() = parts.uri.clone();
+        *again.version_mut() = parts.version;
+        *again.headers_mut() = parts.headers.clone();
+        again
+    });
+    let mut result = send(pool, Request::from_parts(parts, body.boxed()), s, activity).await;
+    if let (Some(Ok(Err(e))), Some(again)) = (&result, replay) {
+        if unprocessed(e) {
+            debug!(listener = %s.cfg.name, error = %e, "the server refused the stream unprocessed; sending it again");
+            result = send(pool, again, s, activity).await;
         }
-        Err(()) => {
+    }
+    match result {
+        Some(Ok(Ok(resp))) => {
+            pool.rejected.set(None);
+            relay_response(resp)
+        }
+        Some(Ok(Err(e))) => {
+            if let Some(cause) = find_in_chain::<UpstreamError>(&e) {
+                return failed(s, cause);
+            }
+            let rejected = rejected_by_server(&e).or_else(|| {
+                pool.rejected
+                    .get()
+                    .map(|alert| UpstreamError::Rejected { alert })
+            });
+            if let Some(rejected) = rejected {
+                s.metrics.handshake_failed(rejected.reason());
+                return failed(s, &rejected);
+            }
+            let chain = error_chain(&e);
+            s.metrics.upstream_failures.inc();
+            warn!(listener = %s.cfg.name, target = %ctx.remote.addr, error = %chain, "upstream request failed");
+            short(
+                StatusCode::BAD_GATEWAY,
+                &format!("bad gateway: the upstream request failed: {chain}"),
+            )
+        }
+        _ => {
             s.metrics.upstream_failures.inc();
             warn!(listener = %s.cfg.name, target = %ctx.remote.addr, timeout = ?s.cfg.idle_timeout, "upstream request timed out");
             short(
@@ -218,6 +259,53 @@ async fn forward(
             )
         }
     }
+}
+
+type Sent = Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, ()>;
+
+/// Sends `req` through the pool; `Some(Err(()))` if nothing moved for `--idle-timeout`.
+async fn send(pool: &Pool, req: Request<Body>, s: &Shared, activity: &Activity) -> Option<Sent> {
+    tokio::select! {
+        r = pool.client.request(req) => Some(Ok(r)),
+        // Not a fixed deadline: a long upload keeps the connection busy and is never cut.
+        _ = activity.idle(s.cfg.idle_timeout) => Some(Err(())),
+    }
+}
+
+/// RFC 9110 9.2.2, without a body to replay.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The server said it did not process the request: an HTTP/2 stream refused, or one above the
+/// last stream id of a graceful GOAWAY (RFC 9113 6.8, 8.7).
+fn unprocessed(e: &hyper_util::client::legacy::Error) -> bool {
+    find_in_chain::<h2::Error>(e).is_some_and(|h| {
+        h.reason() == Some(h2::Reason::REFUSED_STREAM)
+            || (h.is_go_away() && h.is_remote() && h.reason() == Some(h2::Reason::NO_ERROR))
+    })
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// `e: cause: cause ...`, each distinct message once.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// 502 for an upstream that could not be reached; handshake failures were counted by the

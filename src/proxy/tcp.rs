@@ -9,7 +9,8 @@ use tracing::debug;
 use super::io::{Activity, Tracked};
 use super::ListenerConfig;
 
-pub async fn splice<A, B>(client: A, upstream: B, cfg: &ListenerConfig)
+/// Returns the error that ended the copy, if one did (after it was logged at debug level).
+pub async fn splice<A, B>(client: A, upstream: B, cfg: &ListenerConfig) -> Option<std::io::Error>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -26,11 +27,18 @@ where
     // On shutdown, tcp connections keep running until the grace period ends (the runtime stops then).
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Err(e) = r {
+            if let Err(e) = &r {
                 debug!(listener = %cfg.name, error = %e, "connection ended with an error");
             }
+            r.err()
         }
-        _ = activity.idle(cfg.idle_timeout) => debug!(listener = %cfg.name, "idle timeout"),
-        _ = age => debug!(listener = %cfg.name, "max connection age reached"),
+        _ = activity.idle(cfg.idle_timeout) => {
+            debug!(listener = %cfg.name, "idle timeout");
+            None
+        }
+        _ = age => {
+            debug!(listener = %cfg.name, "max connection age reached");
+            None
+        }
     }
 }
