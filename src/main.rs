@@ -189,10 +189,12 @@ fn client_plan(args: &ClientArgs) -> Result<ClientPlan, String> {
         Ok(Target::Unix(_)) => {
             return Err("--target: client mode connects over TCP: expected host:port".into())
         }
-        Err(_) => return Err(format!(
+        Err(_) => {
+            return Err(format!(
             "--target: expected host:port (e.g. api.production.svc.cluster.local:443), got {:?}",
             args.target
-        )),
+        ))
+        }
     };
     let addr = target.to_string();
     let (host, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), "443"));

@@ -1,12 +1,15 @@
 //! `server` connections: load the current rustls config once (one `ArcSwap` load), handshake
 //! within `--handshake-timeout` requiring a client certificate, check the allow-list, then hand
-//! the TLS stream to the tcp or http path towards the plaintext `--target`.
+//! the TLS stream to the tcp or http path towards the plaintext `--target`. A refused client
+//! gets our alert and a clean close (no reset that would hide the alert).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::{CertificateError, Error as TlsError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -44,13 +47,14 @@ impl Handler for Inbound {
             debug!(listener = %s.cfg.name, %peer, "no valid credentials yet; closing");
             return;
         };
-        let accept = TlsAcceptor::from(config).accept(tcp);
+        let accept = TlsAcceptor::from(config).accept(tcp).into_fallible();
         let tls = match tokio::time::timeout(s.cfg.handshake_timeout, accept).await {
             Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
+            Ok(Err((e, tcp))) => {
                 let reason = classify(&e);
                 s.metrics.handshake_failed(reason);
                 info!(listener = %s.cfg.name, %peer, reason, error = %e, "handshake failed");
+                linger(tcp).await;
                 return;
             }
             Err(_) => {
@@ -89,6 +93,26 @@ impl Handler for Inbound {
             (Protocol::Http, _) => http::serve(tls, identity, allowed, peer, &self, shutdown).await,
         }
     }
+}
+
+/// How long a refused client may go on sending before we close anyway.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Closes after a failed handshake without a reset, so the client learns why. Our alert is out;
+/// with TLS 1.3 the client may already have sent data, and closing a socket with unread input
+/// sends RST, which makes the client's TCP discard the alert unread. So: stop writing (FIN),
+/// read and drop what still arrives until the client closes, for at most `LINGER`.
+async fn linger(mut tcp: TcpStream) {
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A short, stable label for `handshake_failures_total{reason}`.

@@ -8,10 +8,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use rustls::pki_types::ServerName;
 use rustls::{CertificateError, Error as TlsError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -154,13 +158,16 @@ impl Handler for Outbound {
             None => Err(UpstreamError::NoCredentials),
             Some(origin) => connect(&self.remote, &origin.tls, &s.cfg).await,
         };
-        let rejected = match upstream {
-            Ok(tls) => tcp::splice(tcp, tls, &s.cfg)
-                .await
-                .and_then(|e| rejected_by_server(&e)),
+        let failed = match upstream {
+            Ok(tls) => {
+                let rejections = Arc::new(Rejections::default());
+                let tls = Watched::new(tls, rejections.clone());
+                tcp::splice(tcp, tls, &s.cfg).await;
+                rejections.get()
+            }
             Err(e) => Some(e),
         };
-        if let Some(e) = rejected {
+        if let Some(e) = failed {
             e.count(s);
             warn!(listener = %s.cfg.name, %peer, reason = e.reason(), error = %e, "upstream unavailable; closing the local connection");
         }
@@ -195,6 +202,92 @@ pub fn find_in_chain<'a, T: std::error::Error + 'static>(
         next = e.source();
     }
     None
+}
+
+/// The last TLS alert by which the server refused our certificate, on one connection (tcp
+/// mode) or any of a pool's (http mode). With TLS 1.3 that refusal arrives after the handshake,
+/// inside the data stream, where the error the app's side sees no longer says why.
+#[derive(Default)]
+pub struct Rejections(std::sync::Mutex<Option<rustls::AlertDescription>>);
+
+impl Rejections {
+    fn note(&self, e: &io::Error) {
+        if let Some(UpstreamError::Rejected { alert }) = rejected_by_server(e) {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(alert);
+        }
+    }
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+    pub fn get(&self) -> Option<UpstreamError> {
+        let alert = (*self.0.lock().unwrap_or_else(|e| e.into_inner()))?;
+        Some(UpstreamError::Rejected { alert })
+    }
+}
+
+/// An upstream mTLS stream that notes a refusal of our certificate: from a read error, or,
+/// when a write fails first (the server closed after its alert), from one read of what is left.
+/// For the pool it also tells whether ALPN chose HTTP/2.
+pub struct Watched {
+    tls: TlsStream<TcpStream>,
+    rejections: Arc<Rejections>,
+}
+
+impl Watched {
+    pub fn new(tls: TlsStream<TcpStream>, rejections: Arc<Rejections>) -> Self {
+        Watched { tls, rejections }
+    }
+}
+
+impl Connection for Watched {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new();
+        if self.tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.tls).poll_read(cx, buf);
+        if let Poll::Ready(Err(e)) = &r {
+            this.rejections.note(e);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.tls).poll_write(cx, data);
+        if let Poll::Ready(Err(_)) = &r {
+            let mut scratch = [0u8; 512];
+            let mut buf = ReadBuf::new(&mut scratch);
+            if let Poll::Ready(Err(e)) = Pin::new(&mut this.tls).poll_read(cx, &mut buf) {
+                this.rejections.note(&e);
+            }
+        }
+        r
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+    }
 }
 
 /// A short, stable label for a failed upstream handshake.

@@ -19,13 +19,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as _, Incoming};
 use hyper::header;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -34,7 +31,8 @@ use super::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body
 use super::io::Activity;
 use super::listener::Shared;
 use super::outbound::{
-    connect, find_in_chain, rejected_by_server, Outbound, Remote, UpstreamError,
+    connect, find_in_chain, rejected_by_server, Outbound, Rejections, Remote, UpstreamError,
+    Watched,
 };
 use super::ListenerConfig;
 
@@ -45,21 +43,6 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 pub struct Pool {
     client: Client<Connector, Body>,
     rejected: Arc<Rejections>,
-}
-
-/// The last TLS alert by which the server refused our certificate on one of the pool's
-/// connections. With TLS 1.3 that refusal arrives after the handshake, inside the HTTP
-/// connection, where the request's error no longer says why; this tells the 502 the reason.
-#[derive(Default)]
-struct Rejections(std::sync::Mutex<Option<rustls::AlertDescription>>);
-
-impl Rejections {
-    fn set(&self, alert: Option<rustls::AlertDescription>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = alert;
-    }
-    fn get(&self) -> Option<rustls::AlertDescription> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 impl Pool {
@@ -90,7 +73,7 @@ struct Connector {
 }
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<Upstream>;
+    type Response = TokioIo<Watched>;
     type Error = UpstreamError;
     type Future =
         Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
@@ -103,7 +86,7 @@ impl tower_service::Service<Uri> for Connector {
         let this = self.clone();
         Box::pin(async move {
             match connect(&this.remote, &this.tls, &this.cfg).await {
-                Ok(tls) => Ok(TokioIo::new(Upstream(tls, this.rejected.clone()))),
+                Ok(tls) => Ok(TokioIo::new(Watched::new(tls, this.rejected.clone()))),
                 Err(e) => {
                     if matches!(
                         e,
@@ -115,54 +98,6 @@ impl tower_service::Service<Uri> for Connector {
                 }
             }
         })
-    }
-}
-
-/// An upstream mTLS connection that tells the pool whether ALPN chose HTTP/2, and notes a
-/// refusal of our certificate.
-struct Upstream(TlsStream<TcpStream>, Arc<Rejections>);
-
-impl Connection for Upstream {
-    fn connected(&self) -> Connected {
-        let connected = Connected::new();
-        if self.0.get_ref().1.alpn_protocol() == Some(b"h2") {
-            connected.negotiated_h2()
-        } else {
-            connected
-        }
-    }
-}
-
-impl AsyncRead for Upstream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.0).poll_read(cx, buf);
-        if let Poll::Ready(Err(e)) = &r {
-            if let Some(UpstreamError::Rejected { alert }) = rejected_by_server(e) {
-                this.1.set(Some(alert));
-            }
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Upstream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 
@@ -226,18 +161,14 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound, activity: &Activity) ->
     }
     match result {
         Some(Ok(Ok(resp))) => {
-            pool.rejected.set(None);
+            pool.rejected.clear();
             relay_response(resp)
         }
         Some(Ok(Err(e))) => {
             if let Some(cause) = find_in_chain::<UpstreamError>(&e) {
                 return failed(s, cause);
             }
-            let rejected = rejected_by_server(&e).or_else(|| {
-                pool.rejected
-                    .get()
-                    .map(|alert| UpstreamError::Rejected { alert })
-            });
+            let rejected = rejected_by_server(&e).or_else(|| pool.rejected.get());
             if let Some(rejected) = rejected {
                 s.metrics.handshake_failed(rejected.reason());
                 return failed(s, &rejected);

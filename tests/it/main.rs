@@ -3,6 +3,7 @@
 mod admin_endpoint;
 mod check_cli;
 mod check_openssl;
+mod client_mode;
 mod demo;
 mod kubelet_scenarios;
 mod kubelet_volume;
@@ -10,5 +11,6 @@ mod server_mode;
 mod support;
 mod support_selftest;
 mod validate_rules;
+mod watch_nginx;
 mod watch_signal;
 mod watch_webhook;

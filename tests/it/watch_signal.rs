@@ -2,61 +2,24 @@
 //! for a no-op resync or a broken update; and with a real nginx (as in our users' guide) the
 //! reload makes nginx serve the new certificate.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::fixture::{tls_files, Env};
+use crate::support::nginx::{served_serial, start_nginx};
 use crate::support::pki::TestPki;
+use crate::support::procs::HupCounter;
 use crate::support::require_tool;
 use crate::support::sidecar::{wait_until, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Stops (and reaps) a helper process on Drop: SIGTERM first, so an nginx master takes its
-/// workers down with it, then SIGKILL if it is still there after 3 s.
-struct Reaped(Child);
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let stopped = wait_until(Duration::from_secs(3), || {
-            matches!(self.0.try_wait(), Ok(Some(_)))
-        });
-        if !stopped {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// A shell that appends a line to `log` on every SIGHUP.
-fn hup_counter(log: &Path) -> Reaped {
-    let script = format!(
-        "trap 'echo hup >> {}' HUP; while :; do sleep 0.05; done",
-        log.display()
-    );
-    Reaped(
-        Command::new("/bin/sh")
-            .args(["-c", &script])
-            .spawn()
-            .expect("sh"),
-    )
-}
-
-fn lines(p: &Path) -> usize {
-    std::fs::read_to_string(p)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-}
-
 #[test]
 fn sighup_once_per_real_change_never_for_noise_or_broken_updates() {
     let (mut env, first) = Env::with_first(TestPki::server);
-    let log = env.tmp().join("hups");
-    let app = hup_counter(&log);
+    let app = HupCounter::start(env.tmp().join("hups"));
     let pid_file = env.tmp().join("app.pid");
-    std::fs::write(&pid_file, format!("{}\n", app.0.id())).unwrap();
+    std::fs::write(&pid_file, format!("{}\n", app.pid())).unwrap();
     let dir = env.dir().display().to_string();
     let sc = Sidecar::watch([
         "--cert-dir",
@@ -70,12 +33,12 @@ fn sighup_once_per_real_change_never_for_noise_or_broken_updates() {
     ]);
     assert!(sc.wait_until(WAIT, || sc.generation() == 1), "{}", sc.log());
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(lines(&log), 0, "the first bundle is not signalled");
+    assert_eq!(app.count(), 0, "the first bundle is not signalled");
 
     let second = env.pki.server();
     env.publish(&second);
     assert!(
-        wait_until(WAIT, || lines(&log) == 1),
+        wait_until(WAIT, || app.count() == 1),
         "no SIGHUP after a real change\n{}",
         sc.log()
     );
@@ -95,7 +58,7 @@ fn sighup_once_per_real_change_never_for_noise_or_broken_updates() {
     assert!(sc.wait_until(WAIT, || sc.last_error_reason().as_deref()
         == Some("key_mismatch")));
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(lines(&log), 1, "signalled for noise or a broken update");
+    assert_eq!(app.count(), 1, "signalled for noise or a broken update");
     assert_eq!(sc.serial().as_deref(), Some(second.serial_hex.as_str()));
 }
 
@@ -146,36 +109,6 @@ fn pid_1_is_refused_and_counted_as_failure() {
         sc.log()
     );
     assert!(sc.log().contains("PID 1"));
-}
-
-/// nginx as in our users' guide: TLS with the mounted Secret, client certificates required.
-fn nginx_conf(dir: &Path, vol: &Path, port: u16) -> String {
-    format!(
-        "daemon off;\nworker_processes 2;\npid {pid};\nerror_log {dir}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n  fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {vol}/tls.crt;\n    ssl_certificate_key {vol}/tls.key;\n    ssl_client_certificate {vol}/ca.crt;\n    ssl_verify_client on;\n    ssl_verify_depth 2;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
-        pid = dir.join("nginx.pid").display(),
-        dir = dir.display(),
-        vol = vol.display(),
-    )
-}
-
-/// Starts nginx (master + workers) with `nginx_conf` for `vol` in `work`, on a free port.
-fn start_nginx(work: &Path, vol: &Path) -> (Reaped, u16) {
-    std::fs::create_dir_all(work).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = work.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(work, vol, port)).unwrap();
-    let nginx = Reaped(
-        Command::new("nginx")
-            .args(["-c", conf.to_str().unwrap(), "-p", work.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx"),
-    );
-    (nginx, port)
 }
 
 #[test]
@@ -333,26 +266,6 @@ fn nginx_reading_the_staged_files_serves_each_new_certificate() {
     );
 }
 
-/// The serial of the certificate served on 127.0.0.1:`port`, read with `openssl s_client`.
-fn served_serial(port: u16) -> Option<String> {
-    let out = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    let start = out.find("-----BEGIN CERTIFICATE-----")?;
-    let end = out.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
-    let (_, der) = x509_parser::pem::parse_x509_pem(&out.as_bytes()[start..end]).ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der.contents).ok()?;
-    Some(
-        hex::encode(cert.raw_serial())
-            .trim_start_matches("00")
-            .to_string(),
-    )
-}
-
 #[test]
 fn verify_reports_an_app_that_did_not_reload() {
     if !require_tool("nginx") {
@@ -363,10 +276,9 @@ fn verify_reports_an_app_that_did_not_reload() {
     let (_nginx, port) = start_nginx(&work, &env.dir());
     assert!(wait_until(WAIT, || served_serial(port).is_some()));
     // The signal goes to a bystander, so nginx never reloads: verify must say so.
-    let log = env.tmp().join("hups");
-    let bystander = hup_counter(&log);
+    let bystander = HupCounter::start(env.tmp().join("hups"));
     let dir = env.dir().display().to_string();
-    let pid = bystander.0.id().to_string();
+    let pid = bystander.pid().to_string();
     let verify = format!("127.0.0.1:{port}");
     let sc = Sidecar::watch([
         "--cert-dir",

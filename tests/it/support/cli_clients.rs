@@ -185,3 +185,16 @@ pub fn port_of(addr: &str) -> u16 {
         .and_then(|(_, p)| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {addr:?}"))
 }
+
+/// curl's `--pinnedpubkey` value for the key of a DER certificate: `sha256//BASE64` of its
+/// SubjectPublicKeyInfo. A transfer with it fails unless the server presents that key.
+pub fn pinned_pubkey(cert_der: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).expect("certificate parses");
+    let spki = sha2::Sha256::digest(cert.public_key().raw);
+    format!(
+        "sha256//{}",
+        base64::engine::general_purpose::STANDARD.encode(spki)
+    )
+}

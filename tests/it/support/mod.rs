@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: locating the binary, optional
-//! external tools, and the test PKIs (`pki`: rcgen in-process, `openssl`: the
-//! openssl CLI exactly as our users' guide drives it).
+//! external tools and root privileges, and the test PKIs (`pki`: rcgen
+//! in-process, `openssl`: the openssl CLI exactly as our users' guide drives it).
 
 // Every test module uses a different subset of these helpers, and this module is
 // private to the test binary, so `pub` items are neither all used nor reachable.
@@ -8,10 +8,13 @@
 
 pub mod cli_clients;
 pub mod fixture;
+pub mod http1;
 pub mod inotify;
 pub mod kubelet;
+pub mod nginx;
 pub mod openssl;
 pub mod pki;
+pub mod procs;
 pub mod prom;
 pub mod sidecar;
 pub mod tcp_upstream;
@@ -61,5 +64,19 @@ pub fn require_tool(name: &str) -> bool {
         );
     }
     eprintln!("skipping test: `{name}` is not on PATH (install it to run this test)");
+    false
+}
+
+/// True if this process runs as root (some tests need it: PID namespaces, dropping to another
+/// UID). When it does not: in CI (env `CI` set) this panics, because CI runs as root; locally it
+/// prints a skip note naming `why` and returns false.
+pub fn require_root(why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("this test must run as root ({why}); CI runs the suite as root");
+    }
+    eprintln!("skipping test: not root ({why})");
     false
 }

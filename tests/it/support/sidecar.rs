@@ -1,11 +1,15 @@
 //! `Sidecar`: a running `mtls-sidecar watch` (or `server`, whose proxy listener address
 //! `listen_addr()` gives) with its admin endpoint on an ephemeral port, killed on Drop
 //! (also when the test panics, after printing its log). Helpers read `/status`, `/readyz`
-//! and `/metrics` (label-order-insensitive series lookup).
+//! and `/metrics` (label-order-insensitive series lookup). `start_via` runs it through a
+//! wrapper command (`setpriv ...` to drop privileges, `unshare --pid --fork ...` for a PID
+//! namespace shared with an app); `pid()` is then the sidecar's own process, found among the
+//! wrapper's descendants if the wrapper forks.
 //! `ExecCounter` is the trailing `-- /bin/sh -c ...` action that appends one line per run.
 
 use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::RwLock;
@@ -25,9 +29,17 @@ pub static INOTIFY_GATE: RwLock<()> = RwLock::new(());
 /// How long to wait for the admin endpoint to come up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// No wrapper: `start_via(NO_WRAPPER, ..)` runs the binary itself.
+const NO_WRAPPER: &[&str] = &[];
+
 /// A running `mtls-sidecar watch` or `server`. See the module docs.
 pub struct Sidecar {
+    /// The process we spawned: the sidecar, or the wrapper that runs it.
     child: Child,
+    /// The sidecar's own process: `child`'s PID, or a descendant of a forking wrapper.
+    pid: u32,
+    /// A pidfd for `pid` when it is not `child`, so Drop kills exactly that process.
+    pidfd: Option<OwnedFd>,
     addr: String,
     agent: ureq::Agent,
     dir: TempDir,
@@ -39,8 +51,16 @@ impl Sidecar {
     /// Start `mtls-sidecar watch --admin-listen 127.0.0.1:0 --log-format json ARGS...`
     /// and wait (bounded) until it logs its admin address.
     pub fn watch<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Sidecar {
+        Self::watch_via(NO_WRAPPER, args)
+    }
+
+    /// `watch` run through `wrapper` (see `start_via`).
+    pub fn watch_via<W: AsRef<OsStr>, S: AsRef<OsStr>>(
+        wrapper: &[W],
+        args: impl IntoIterator<Item = S>,
+    ) -> Sidecar {
         let _gate = INOTIFY_GATE.read().unwrap_or_else(|e| e.into_inner());
-        let sidecar = Self::watch_ungated(args);
+        let sidecar = Self::start_via(wrapper, "watch", args);
         // Keep the gate until its inotify instance exists (it normally does by now).
         let pid = sidecar.pid();
         wait_until(Duration::from_secs(2), || {
@@ -86,37 +106,57 @@ impl Sidecar {
     /// Start `mtls-sidecar SUBCOMMAND --admin-listen 127.0.0.1:0 --log-format json ARGS...`
     /// and wait (bounded) until it logs its admin address.
     pub fn start<S: AsRef<OsStr>>(subcommand: &str, args: impl IntoIterator<Item = S>) -> Sidecar {
+        Self::start_via(NO_WRAPPER, subcommand, args)
+    }
+
+    /// `start` through a wrapper: runs `WRAPPER... BIN SUBCOMMAND --admin-listen 127.0.0.1:0
+    /// --log-format json ARGS...`, where WRAPPER is a program and its arguments that end up
+    /// running the rest of the command line (`setpriv ... --`, `unshare ... -- sh -c '... exec
+    /// "$0" "$@"'`). The wrapper must exec the sidecar or die with it: Drop kills the sidecar
+    /// (through a pidfd when the wrapper forked) and then the wrapper.
+    pub fn start_via<W: AsRef<OsStr>, S: AsRef<OsStr>>(
+        wrapper: &[W],
+        subcommand: &str,
+        args: impl IntoIterator<Item = S>,
+    ) -> Sidecar {
         let dir = tempfile::tempdir().expect("tempdir for sidecar logs");
         let stderr = fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
         let stdout = fs::File::create(dir.path().join("stdout.log")).expect("stdout log");
-        let mut cmd = Command::new(bin());
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin()),
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(bin());
+                cmd
+            }
+        };
         // Hermetic: every flag also reads MTLS_SIDECAR_<FLAG>, so drop any from our env.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
                 cmd.env_remove(key);
             }
         }
-        let child = cmd
-            .args([
-                subcommand,
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn mtls-sidecar");
+        cmd.args([
+            subcommand,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(5)))
             .build()
             .into();
         let mut sidecar = Sidecar {
+            pid: child.id(),
+            pidfd: None,
             child,
             addr: String::new(),
             agent,
@@ -127,6 +167,9 @@ impl Sidecar {
         loop {
             if let Some(addr) = admin_address(&sidecar.log()) {
                 sidecar.addr = addr;
+                if !wrapper.is_empty() {
+                    sidecar.find_own_process();
+                }
                 return sidecar;
             }
             if let Ok(Some(status)) = sidecar.child.try_wait() {
@@ -145,8 +188,40 @@ impl Sidecar {
         }
     }
 
+    /// Once the sidecar runs through a wrapper (it logged its admin address), find its process:
+    /// `child` itself if the wrapper exec'd it, else the one descendant that runs `bin()`.
+    fn find_own_process(&mut self) {
+        let child = self.child.id();
+        let bin = bin();
+        if super::procs::runs(child, &bin) {
+            return;
+        }
+        let mine = || {
+            super::procs::descendants(child)
+                .into_iter()
+                .filter(|pid| super::procs::runs(*pid, &bin))
+                .collect::<Vec<_>>()
+        };
+        let found = mine();
+        let [pid] = found[..] else {
+            panic!(
+                "expected one {} process under wrapper pid {child}, found {found:?}:\n{}",
+                bin.display(),
+                self.all_output()
+            );
+        };
+        let raw = rustix::process::Pid::from_raw(pid as i32).expect("a PID is positive");
+        let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+            .unwrap_or_else(|e| panic!("pidfd_open({pid}): {e}"));
+        // Opened after the lookup: check the pidfd is not for a recycled PID.
+        assert_eq!(mine(), [pid], "the sidecar under pid {child} changed");
+        self.pid = pid;
+        self.pidfd = Some(pidfd);
+    }
+
+    /// The sidecar's own process (not the wrapper's, if it was started through one).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// `host:port` of the admin endpoint.
@@ -358,6 +433,14 @@ impl Drop for Sidecar {
                 self.pid(),
                 self.all_output()
             );
+        }
+        if let Some(pidfd) = &self.pidfd {
+            // The wrapper forked: kill the sidecar first, give the wrapper a moment to notice
+            // and exit (unshare --fork does), then kill the wrapper if it is still there.
+            let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+            wait_until(Duration::from_secs(3), || {
+                !matches!(self.child.try_wait(), Ok(None))
+            });
         }
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();

@@ -6,14 +6,14 @@
 //!   server's leaf and can send HTTP/1.1 requests on one kept-alive connection, or be used as
 //!   a byte stream (`Read`/`Write`, `shutdown_write` for a half-close).
 //!
-//! curl and `openssl s_client` live in `cli_clients.rs`.
+//! curl and `openssl s_client` live in `cli_clients.rs`; the HTTP/1.1 framing in `http1.rs`.
 //!
 //! Handshake failure is an `Err`. In TLS 1.3 the server checks the client certificate only
 //! after the client has sent its Finished, so `connect` waits (up to `settle`) for the
 //! server's first record after the handshake: an alert or a close means refused; a session
 //! ticket (rustls servers send them at once) or silence means accepted.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,13 +24,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use sha2::{Digest, Sha256};
 
+use super::http1::{read_response, write_request};
+pub use super::http1::{Response, IO_TIMEOUT};
 use super::pki::{serial_hex, Leaf};
 
 /// SNI and verified name by default: the first DNS SAN of `TestPki::server_spec()` and of the
 /// users' guide server certificate.
 pub const SERVER_NAME: &str = "api.production.svc.cluster.local";
-/// Bound on connect, and on every read and write of a connection.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 // === TlsClient ===
 
@@ -265,36 +265,6 @@ pub struct TlsConn {
     pub version: String,
 }
 
-/// An HTTP/1.1 response.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    /// Lowercased names, in order.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    /// The first value of header `name` (any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn body_text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// `Connection: close` was sent.
-    pub fn closes(&self) -> bool {
-        self.header("connection")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("close"))
-    }
-}
-
 impl TlsConn {
     /// `GET path` on this connection.
     pub fn get(&mut self, path: &str) -> Result<Response, String> {
@@ -310,110 +280,13 @@ impl TlsConn {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Response, String> {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\n");
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-        let mut out = head.into_bytes();
-        out.extend_from_slice(body);
-        let sock = self.stream.get_mut();
-        sock.write_all(&out)
-            .and_then(|_| sock.flush())
-            .map_err(|e| format!("send {method} {path}: {e}"))?;
-        self.read_response()
-            .map_err(|e| format!("response to {method} {path}: {e}"))
-    }
-
-    fn read_response(&mut self) -> Result<Response, String> {
-        loop {
-            let status_line = self.line()?;
-            if status_line.is_empty() {
-                return Err("connection closed before a response".into());
-            }
-            let status: u16 = status_line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-            let mut headers = Vec::new();
-            loop {
-                let line = self.line()?;
-                if line.is_empty() {
-                    break;
-                }
-                let (k, v) = line
-                    .split_once(':')
-                    .ok_or_else(|| format!("bad header line {line:?}"))?;
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-            if (100..200).contains(&status) {
-                continue;
-            }
-            let mut response = Response {
-                status,
-                headers,
-                body: Vec::new(),
-            };
-            response.body = self.read_body(&response)?;
-            return Ok(response);
-        }
-    }
-
-    fn read_body(&mut self, response: &Response) -> Result<Vec<u8>, String> {
-        if response.status == 204 || response.status == 304 {
-            return Ok(Vec::new());
-        }
-        let chunked = response
-            .header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        if chunked {
-            let mut body = Vec::new();
-            loop {
-                let size_line = self.line()?;
-                let size =
-                    usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                        .map_err(|_| format!("bad chunk size {size_line:?}"))?;
-                if size == 0 {
-                    // Trailers, then the blank line.
-                    while !self.line()?.is_empty() {}
-                    return Ok(body);
-                }
-                let start = body.len();
-                body.resize(start + size, 0);
-                self.stream
-                    .read_exact(&mut body[start..])
-                    .map_err(|e| format!("chunk: {e}"))?;
-                self.line()?;
-            }
-        }
-        if let Some(len) = response.header("content-length") {
-            let len: usize = len
-                .parse()
-                .map_err(|_| format!("bad content-length {len}"))?;
-            let mut body = vec![0; len];
-            self.stream
-                .read_exact(&mut body)
-                .map_err(|e| format!("body: {e}"))?;
-            return Ok(body);
-        }
-        // Neither: the body runs to the end of the connection.
-        let mut body = Vec::new();
-        match self.stream.read_to_end(&mut body) {
-            Ok(_) => Ok(body),
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(body),
-            Err(e) => Err(format!("body: {e}")),
-        }
-    }
-
-    /// One CRLF-terminated line without the CRLF; "" at EOF.
-    fn line(&mut self) -> Result<String, String> {
-        let mut line = String::new();
-        match self.stream.read_line(&mut line) {
-            Ok(_) => Ok(line.trim_end_matches(['\r', '\n']).to_string()),
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof && line.is_empty() => Ok(line),
-            Err(e) => Err(e.to_string()),
-        }
+        write_request(
+            self.stream.get_mut(),
+            (method, path, SERVER_NAME),
+            headers,
+            body,
+        )?;
+        read_response(&mut self.stream).map_err(|e| format!("response to {method} {path}: {e}"))
     }
 
     /// True if the server ends the connection (EOF, close_notify, reset) within `timeout`;
