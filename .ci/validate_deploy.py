@@ -1,0 +1,528 @@
+#!/usr/bin/env python3
+"""Validate the rendered manifests of deploy/ (run by .ci/validate-deploy, one YAML stream per
+kustomization, each file named after its kustomization directory).
+
+1. Core Kubernetes objects: kubernetes-validate in strict mode (unknown fields are errors), against
+   the oldest Kubernetes the manifests support (1.29: native sidecars, i.e. init containers with
+   `restartPolicy: Always`) and the newest schema set the installed kubernetes-validate has.
+2. cert-manager, trust-manager and Prometheus Operator objects (CRDs, which kubernetes-validate has
+   no schemas for): against the fields their API references document, transcribed below with the
+   URL of each page. Unknown fields, wrong types and values outside documented enums are errors;
+   so are a few documented constraints (key sizes per algorithm, one issuer type, durations).
+3. Our own policy for every mtls-sidecar container (the issue's checklist): a pinned image,
+   runAsNonRoot, readOnlyRootFilesystem, no privilege escalation, ALL capabilities dropped,
+   seccomp RuntimeDefault, requests and limits, and for long-running sidecars: native sidecar,
+   readiness on /readyz, liveness on /healthz.
+
+Usage: validate_deploy.py RENDERED.yaml...   (exit 1 and one line per problem on failure)
+"""
+
+import re
+import sys
+
+import yaml
+from kubernetes_validate import utils as kv
+
+# The oldest Kubernetes minor the manifests are written for: native sidecars are on by default
+# from 1.29.
+MIN_KUBERNETES = "1.29.0"
+
+SIDECAR_IMAGE_RE = re.compile(r"(^|/)mtls-sidecar([:@]|$)")
+
+
+# === A small schema language for documented fields ===
+
+class Str:
+    def __init__(self, pattern=None, max_len=None):
+        self.pattern = re.compile(pattern) if pattern else None
+        self.max_len = max_len
+
+
+class Int:
+    pass
+
+
+class Bool:
+    pass
+
+
+class IntOrStr:
+    pass
+
+
+class Enum:
+    def __init__(self, *values):
+        self.values = values
+
+
+class List:
+    def __init__(self, item, min_items=0, max_items=None):
+        self.item = item
+        self.min_items = min_items
+        self.max_items = max_items
+
+
+class Map:
+    """String keys, values of one type (labels, annotations)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class Obj:
+    def __init__(self, fields, required=()):
+        self.fields = fields
+        self.required = required
+
+
+class Opaque:
+    """A documented field we do not use: its presence is allowed, its content not checked."""
+
+
+def check(value, spec, path, errors):
+    if isinstance(spec, Opaque):
+        return
+    if isinstance(spec, Str):
+        if not isinstance(value, str):
+            errors.append(f"{path}: expected a string, got {value!r}")
+        elif spec.pattern and not spec.pattern.fullmatch(value):
+            errors.append(f"{path}: {value!r} does not match {spec.pattern.pattern}")
+        elif spec.max_len and len(value) > spec.max_len:
+            errors.append(f"{path}: longer than {spec.max_len} characters")
+    elif isinstance(spec, Int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            errors.append(f"{path}: expected an integer, got {value!r}")
+    elif isinstance(spec, Bool):
+        if not isinstance(value, bool):
+            errors.append(f"{path}: expected a boolean, got {value!r}")
+    elif isinstance(spec, IntOrStr):
+        if not isinstance(value, (int, str)) or isinstance(value, bool):
+            errors.append(f"{path}: expected an integer or a string, got {value!r}")
+    elif isinstance(spec, Enum):
+        if value not in spec.values:
+            errors.append(f"{path}: {value!r} is not one of {list(spec.values)}")
+    elif isinstance(spec, List):
+        if not isinstance(value, list):
+            errors.append(f"{path}: expected a list, got {value!r}")
+            return
+        if len(value) < spec.min_items:
+            errors.append(f"{path}: needs at least {spec.min_items} item(s)")
+        if spec.max_items is not None and len(value) > spec.max_items:
+            errors.append(f"{path}: at most {spec.max_items} items")
+        for i, item in enumerate(value):
+            check(item, spec.item, f"{path}[{i}]", errors)
+    elif isinstance(spec, Map):
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a mapping, got {value!r}")
+            return
+        for k, v in value.items():
+            check(v, spec.value, f"{path}.{k}", errors)
+    elif isinstance(spec, Obj):
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a mapping, got {value!r}")
+            return
+        for k in spec.required:
+            if k not in value:
+                errors.append(f"{path}: required field `{k}` is missing")
+        for k, v in value.items():
+            if k not in spec.fields:
+                errors.append(f"{path}: unknown field `{k}` (documented: {sorted(spec.fields)})")
+            else:
+                check(v, spec.fields[k], f"{path}.{k}", errors)
+    else:
+        raise TypeError(spec)
+
+
+STRINGS = List(Str())
+STRING_MAP = Map(Str())
+
+# Go time.ParseDuration, as cert-manager parses `duration` and `renewBefore`.
+GO_DURATION = Str(r"([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+")
+# Prometheus Operator's Duration type (pattern from its CRDs).
+PROM_DURATION = Str(r"0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?")
+
+# metav1.LabelSelector.
+LABEL_SELECTOR = Obj({
+    "matchLabels": STRING_MAP,
+    "matchExpressions": List(Obj({
+        "key": Str(),
+        "operator": Enum("In", "NotIn", "Exists", "DoesNotExist"),
+        "values": STRINGS,
+    }, required=("key", "operator"))),
+})
+
+OBJECT_META = Obj({
+    "name": Str(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", max_len=253),
+    "namespace": Str(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", max_len=63),
+    "labels": STRING_MAP,
+    "annotations": STRING_MAP,
+}, required=("name",))
+
+
+# === cert-manager ===
+# https://cert-manager.io/docs/reference/api-docs/#cert-manager.io/v1.CertificateSpec
+# (fields as in cert-manager v1.18's CRD, deploy/crds/cert-manager.io_certificates.yaml)
+
+KEY_USAGES = (
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+    "server auth", "client auth", "code signing", "email protection", "s/mime",
+    "ipsec end system", "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing",
+    "microsoft sgc", "netscape sgc",
+)
+
+CERTIFICATE_SPEC = Obj({
+    "additionalOutputFormats": List(Obj({"type": Enum("DER", "CombinedPEM")}, required=("type",))),
+    "commonName": Str(max_len=64),
+    "dnsNames": STRINGS,
+    "duration": GO_DURATION,
+    "emailAddresses": STRINGS,
+    "encodeUsagesInRequest": Bool(),
+    "ipAddresses": STRINGS,
+    "isCA": Bool(),
+    "issuerRef": Obj({"group": Str(), "kind": Str(), "name": Str()}, required=("name",)),
+    "keystores": Obj({"jks": Opaque(), "pkcs12": Opaque()}),
+    "literalSubject": Str(),
+    "nameConstraints": Opaque(),
+    "otherNames": List(Obj({"oid": Str(), "utf8Value": Str()})),
+    "privateKey": Obj({
+        "algorithm": Enum("RSA", "ECDSA", "Ed25519"),
+        "encoding": Enum("PKCS1", "PKCS8"),
+        "rotationPolicy": Enum("Never", "Always"),
+        "size": Int(),
+    }),
+    "renewBefore": GO_DURATION,
+    "renewBeforePercentage": Int(),
+    "revisionHistoryLimit": Int(),
+    "secretName": Str(),
+    "secretTemplate": Obj({"annotations": STRING_MAP, "labels": STRING_MAP}),
+    "signatureAlgorithm": Enum("SHA256WithRSA", "SHA384WithRSA", "SHA512WithRSA", "ECDSAWithSHA256",
+                               "ECDSAWithSHA384", "ECDSAWithSHA512", "PureEd25519"),
+    "subject": Obj({
+        "countries": STRINGS, "localities": STRINGS, "organizationalUnits": STRINGS,
+        "organizations": STRINGS, "postalCodes": STRINGS, "provinces": STRINGS,
+        "serialNumber": Str(), "streetAddresses": STRINGS,
+    }),
+    "uris": STRINGS,
+    "usages": List(Enum(*KEY_USAGES)),
+}, required=("issuerRef", "secretName"))
+
+# https://cert-manager.io/docs/reference/api-docs/#cert-manager.io/v1.IssuerSpec
+# (CAIssuer and SelfSignedIssuer in full; the other issuer types are not used here).
+ISSUER_TYPES = ("acme", "ca", "selfSigned", "vault", "venafi")
+ISSUER_SPEC = Obj({
+    "acme": Opaque(),
+    "ca": Obj({
+        "secretName": Str(),
+        "crlDistributionPoints": STRINGS,
+        "issuingCertificateURLs": STRINGS,
+        "ocspServers": STRINGS,
+    }, required=("secretName",)),
+    "selfSigned": Obj({"crlDistributionPoints": STRINGS}),
+    "vault": Opaque(),
+    "venafi": Opaque(),
+})
+
+
+def go_duration_seconds(text):
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ns|us|µs|ms|s|m|h)", text))
+
+
+def certificate_rules(spec, path, errors):
+    key = spec.get("privateKey", {})
+    algorithm, size = key.get("algorithm", "RSA"), key.get("size")
+    allowed = {"RSA": (2048, 4096, 8192), "ECDSA": (256, 384, 521)}.get(algorithm)
+    if size is not None and allowed and size not in allowed:
+        errors.append(f"{path}.privateKey.size: {size} is not valid for {algorithm} (allowed: {allowed})")
+    # Ours, not cert-manager's: mtls-sidecar refuses P-521 keys (`unsupported_key`).
+    if algorithm == "ECDSA" and size == 521:
+        errors.append(f"{path}.privateKey: mtls-sidecar supports ECDSA P-256 and P-384, not P-521")
+    if "literalSubject" in spec and ("subject" in spec or "commonName" in spec):
+        errors.append(f"{path}: literalSubject cannot be combined with subject or commonName")
+    if "renewBefore" in spec and "renewBeforePercentage" in spec:
+        errors.append(f"{path}: renewBefore and renewBeforePercentage are mutually exclusive")
+    duration = go_duration_seconds(spec.get("duration", "2160h"))
+    if duration < 3600:
+        errors.append(f"{path}.duration: the minimum is 1h")
+    if "renewBefore" in spec:
+        before = go_duration_seconds(spec["renewBefore"])
+        if before < 300:
+            errors.append(f"{path}.renewBefore: the minimum is 5m")
+        if before >= duration:
+            errors.append(f"{path}.renewBefore: must be shorter than duration")
+    ref = spec.get("issuerRef", {})
+    if ref.get("group", "cert-manager.io") == "cert-manager.io" and \
+            ref.get("kind", "Issuer") not in ("Issuer", "ClusterIssuer"):
+        errors.append(f"{path}.issuerRef.kind: {ref.get('kind')!r} is not Issuer or ClusterIssuer")
+
+
+def issuer_rules(spec, path, errors):
+    types = [t for t in ISSUER_TYPES if t in spec]
+    if len(types) != 1:
+        errors.append(f"{path}: exactly one issuer type of {list(ISSUER_TYPES)} must be set, found {types}")
+
+
+# === trust-manager ===
+# https://cert-manager.io/docs/trust/trust-manager/api-reference/#bundle
+# (trust.cert-manager.io/v1alpha1, as in trust-manager's CRD trust.cert-manager.io_bundles.yaml)
+
+BUNDLE_OBJECT_REF = Obj({
+    "name": Str(), "key": Str(), "includeAllKeys": Bool(), "selector": LABEL_SELECTOR,
+})
+BUNDLE_TARGET_OBJECT = Obj({
+    "key": Str(), "metadata": Obj({"annotations": STRING_MAP, "labels": STRING_MAP}),
+}, required=("key",))
+BUNDLE_SPEC = Obj({
+    "sources": List(Obj({
+        "configMap": BUNDLE_OBJECT_REF,
+        "secret": BUNDLE_OBJECT_REF,
+        "inLine": Str(),
+        "useDefaultCAs": Bool(),
+    }), min_items=1, max_items=100),
+    "target": Obj({
+        "configMap": BUNDLE_TARGET_OBJECT,
+        "secret": BUNDLE_TARGET_OBJECT,
+        "additionalFormats": Obj({
+            "jks": Obj({"key": Str(), "password": Str()}, required=("key",)),
+            "pkcs12": Obj({"key": Str(), "password": Str(),
+                           "profile": Enum("LegacyRC2", "LegacyDES", "Modern2023")}, required=("key",)),
+        }),
+        "namespaceSelector": LABEL_SELECTOR,
+    }),
+}, required=("sources",))
+
+
+def bundle_rules(spec, path, errors):
+    for i, source in enumerate(spec.get("sources", [])):
+        kinds = [k for k in ("configMap", "secret", "inLine", "useDefaultCAs") if k in source]
+        if len(kinds) != 1:
+            errors.append(f"{path}.sources[{i}]: exactly one source type must be set, found {kinds}")
+        for k in ("configMap", "secret"):
+            ref = source.get(k)
+            if ref is None:
+                continue
+            if ("name" in ref) == ("selector" in ref):
+                errors.append(f"{path}.sources[{i}].{k}: set exactly one of name and selector")
+            if ("key" in ref) == bool(ref.get("includeAllKeys")):
+                errors.append(f"{path}.sources[{i}].{k}: set exactly one of key and includeAllKeys")
+    target = spec.get("target", {})
+    if "configMap" not in target and "secret" not in target:
+        errors.append(f"{path}.target: needs a configMap or a secret")
+
+
+# === Prometheus Operator ===
+# https://prometheus-operator.dev/docs/api-reference/api/#monitoring.coreos.com/v1.PrometheusRuleSpec
+# https://prometheus-operator.dev/docs/api-reference/api/#monitoring.coreos.com/v1.PodMonitorSpec
+
+PROMETHEUS_RULE_SPEC = Obj({
+    "groups": List(Obj({
+        "name": Str(),
+        "labels": STRING_MAP,
+        "interval": PROM_DURATION,
+        "query_offset": PROM_DURATION,
+        "rules": List(Obj({
+            "record": Str(),
+            "alert": Str(),
+            "expr": IntOrStr(),
+            "for": PROM_DURATION,
+            "keep_firing_for": PROM_DURATION,
+            "labels": STRING_MAP,
+            "annotations": STRING_MAP,
+        }, required=("expr",))),
+        "partial_response_strategy": Str(r"(?i)(abort|warn)?"),
+        "limit": Int(),
+    }, required=("name",))),
+})
+
+POD_METRICS_ENDPOINT = Obj({
+    "port": Str(), "portNumber": Int(), "targetPort": IntOrStr(),
+    "path": Str(), "scheme": Enum("http", "https", "HTTP", "HTTPS"),
+    "params": Map(STRINGS),
+    "interval": PROM_DURATION, "scrapeTimeout": PROM_DURATION,
+    "tlsConfig": Opaque(), "bearerTokenSecret": Opaque(), "basicAuth": Opaque(),
+    "oauth2": Opaque(), "authorization": Opaque(),
+    "honorLabels": Bool(), "honorTimestamps": Bool(), "trackTimestampsStaleness": Bool(),
+    "metricRelabelings": List(Opaque()), "relabelings": List(Opaque()),
+    "proxyUrl": Str(), "noProxy": Str(), "proxyFromEnvironment": Bool(),
+    "proxyConnectHeader": Opaque(),
+    "followRedirects": Bool(), "enableHttp2": Bool(), "filterRunning": Bool(),
+})
+POD_MONITOR_SPEC = Obj({
+    "jobLabel": Str(),
+    "podTargetLabels": STRINGS,
+    "podMetricsEndpoints": List(POD_METRICS_ENDPOINT),
+    "selector": LABEL_SELECTOR,
+    "selectorMechanism": Enum("RelabelConfig", "RoleSelector"),
+    "namespaceSelector": Obj({"any": Bool(), "matchNames": STRINGS}),
+    "sampleLimit": Int(), "targetLimit": Int(),
+    "scrapeProtocols": List(Str()), "fallbackScrapeProtocol": Str(),
+    "labelLimit": Int(), "labelNameLengthLimit": Int(), "labelValueLengthLimit": Int(),
+    "scrapeClassicHistograms": Bool(), "nativeHistogramBucketLimit": Int(),
+    "nativeHistogramMinBucketFactor": Opaque(), "convertClassicHistogramsToNHCB": Bool(),
+    "keepDroppedTargets": Int(),
+    "attachMetadata": Obj({"node": Bool()}),
+    "scrapeClass": Str(),
+    "bodySizeLimit": Str(),
+}, required=("selector",))
+
+
+def prometheus_rule_rules(spec, path, errors):
+    names = [g.get("name") for g in spec.get("groups", [])]
+    if len(names) != len(set(names)):
+        errors.append(f"{path}.groups: group names must be unique")
+    for gi, group in enumerate(spec.get("groups", [])):
+        for ri, rule in enumerate(group.get("rules", [])):
+            where = f"{path}.groups[{gi}].rules[{ri}]"
+            if ("alert" in rule) == ("record" in rule):
+                errors.append(f"{where}: set exactly one of alert and record")
+            if "record" in rule and "annotations" in rule:
+                errors.append(f"{where}: annotations are only valid for alerting rules")
+
+
+def pod_monitor_rules(spec, path, errors):
+    for i, endpoint in enumerate(spec.get("podMetricsEndpoints", [])):
+        if "port" not in endpoint and "portNumber" not in endpoint and "targetPort" not in endpoint:
+            errors.append(f"{path}.podMetricsEndpoints[{i}]: name the port to scrape")
+
+
+# (kind, apiVersion) -> (spec schema, extra rules, namespaced)
+CUSTOM_KINDS = {
+    ("Certificate", "cert-manager.io/v1"): (CERTIFICATE_SPEC, certificate_rules, True),
+    ("Issuer", "cert-manager.io/v1"): (ISSUER_SPEC, issuer_rules, True),
+    ("ClusterIssuer", "cert-manager.io/v1"): (ISSUER_SPEC, issuer_rules, False),
+    ("Bundle", "trust.cert-manager.io/v1alpha1"): (BUNDLE_SPEC, bundle_rules, False),
+    ("PrometheusRule", "monitoring.coreos.com/v1"): (PROMETHEUS_RULE_SPEC, prometheus_rule_rules, True),
+    ("PodMonitor", "monitoring.coreos.com/v1"): (POD_MONITOR_SPEC, pod_monitor_rules, True),
+}
+CUSTOM_GROUPS = {api.split("/")[0] for _, api in CUSTOM_KINDS}
+
+
+def check_custom(doc, where, errors):
+    key = (doc.get("kind"), doc.get("apiVersion"))
+    if key not in CUSTOM_KINDS:
+        errors.append(f"{where}: no documented schema for {key[0]} {key[1]} in validate_deploy.py")
+        return
+    spec_schema, rules, namespaced = CUSTOM_KINDS[key]
+    check(doc, Obj({"apiVersion": Str(), "kind": Str(), "metadata": OBJECT_META, "spec": spec_schema},
+                   required=("apiVersion", "kind", "metadata", "spec")), where, errors)
+    meta = doc.get("metadata", {})
+    if namespaced and "namespace" not in meta:
+        errors.append(f"{where}: a {key[0]} is namespaced: set metadata.namespace")
+    if not namespaced and "namespace" in meta:
+        errors.append(f"{where}: a {key[0]} is cluster-scoped: remove metadata.namespace "
+                      "(a kustomization `namespace:` adds one to kinds kustomize does not know)")
+    if isinstance(doc.get("spec"), dict):
+        rules(doc["spec"], f"{where}.spec", errors)
+
+
+# === Cross-object and policy checks ===
+
+def certificate_issuers_exist(docs, errors):
+    """Within one rendered kustomization: every Certificate's issuer is in it too."""
+    issuers = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"])
+               for _, d in docs if d.get("kind") in ("Issuer", "ClusterIssuer")}
+    for where, d in docs:
+        if d.get("kind") != "Certificate":
+            continue
+        ref = d["spec"].get("issuerRef", {})
+        kind = ref.get("kind", "Issuer")
+        ns = d["metadata"].get("namespace") if kind == "Issuer" else None
+        if ref.get("group", "cert-manager.io") == "cert-manager.io" and (kind, ns, ref.get("name")) not in issuers:
+            errors.append(f"{where}: issuer {kind} {ref.get('name')!r} is not part of this kustomization")
+
+
+def pod_spec_of(doc):
+    kind = doc.get("kind")
+    spec = doc.get("spec") or {}
+    if kind == "Pod":
+        return spec
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
+        return (spec.get("template") or {}).get("spec")
+    if kind == "CronJob":
+        return ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template", {}).get("spec")
+    return None
+
+
+def http_probe_path(probe):
+    return ((probe or {}).get("httpGet") or {}).get("path")
+
+
+def sidecar_policy(where, doc, errors):
+    pod = pod_spec_of(doc)
+    if not pod:
+        return
+    pod_seccomp = ((pod.get("securityContext") or {}).get("seccompProfile") or {}).get("type")
+    for section in ("initContainers", "containers"):
+        for c in pod.get(section) or []:
+            image = c.get("image", "")
+            if not SIDECAR_IMAGE_RE.search(image.split("@")[0]):
+                continue
+            at = f"{where} {section}/{c.get('name')}"
+            repo, _, tag = image.rpartition(":")
+            if "/" not in image or not tag or "/" in tag or tag == "latest":
+                errors.append(f"{at}: image {image!r} is not a pinned registry image "
+                              "(is deploy/components/sidecar-image included?)")
+            sc = c.get("securityContext") or {}
+            expect = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+            for field, want in expect.items():
+                if sc.get(field) is not want:
+                    errors.append(f"{at}: securityContext.{field} must be {str(want).lower()}")
+            if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+                errors.append(f"{at}: securityContext.capabilities.drop must contain ALL")
+            if ((sc.get("seccompProfile") or {}).get("type") or pod_seccomp) != "RuntimeDefault":
+                errors.append(f"{at}: seccompProfile must be RuntimeDefault")
+            resources = c.get("resources") or {}
+            for part in ("requests", "limits"):
+                if not resources.get(part):
+                    errors.append(f"{at}: resources.{part} must be set")
+            long_running = c.get("restartPolicy") == "Always" or section == "containers"
+            if long_running:
+                if section != "initContainers":
+                    errors.append(f"{at}: run the sidecar as a native sidecar "
+                                  "(initContainers with restartPolicy: Always)")
+                if http_probe_path(c.get("readinessProbe")) != "/readyz":
+                    errors.append(f"{at}: readinessProbe must GET /readyz")
+                if http_probe_path(c.get("livenessProbe")) != "/healthz":
+                    errors.append(f"{at}: livenessProbe must GET /healthz")
+
+
+def main(paths):
+    latest = kv.latest_version()
+    versions = sorted({MIN_KUBERNETES, latest}, key=lambda v: tuple(int(x) for x in v.split(".")))
+    errors = []
+    counts = {"core": 0, "custom": 0}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            docs = [(f"{path}: {d.get('kind')}/{(d.get('metadata') or {}).get('name')}", d)
+                    for d in yaml.safe_load_all(f) if d]
+        if not docs:
+            errors.append(f"{path}: the kustomization rendered no objects")
+        for where, doc in docs:
+            group = doc.get("apiVersion", "").split("/")[0] if "/" in doc.get("apiVersion", "") else ""
+            if group in CUSTOM_GROUPS:
+                counts["custom"] += 1
+                check_custom(doc, where, errors)
+                continue
+            counts["core"] += 1
+            for version in versions:
+                try:
+                    kv.validate(doc, version, strict=True)
+                except kv.SchemaNotFoundError:
+                    errors.append(f"{where}: no schema for {doc.get('kind')} {doc.get('apiVersion')} "
+                                  f"in Kubernetes {version}")
+                except kv.ValidationError as e:
+                    loc = ".".join(str(p) for p in e.path) or "(root)"
+                    errors.append(f"{where}: Kubernetes {version}: {loc}: {e.message}")
+            sidecar_policy(where, doc, errors)
+        certificate_issuers_exist(docs, errors)
+    for e in errors:
+        print(f"ERROR {e}")
+    print(f"validate_deploy: {len(paths)} kustomizations, {counts['core']} core objects "
+          f"(strict, Kubernetes {' and '.join(versions)}), {counts['custom']} cert-manager/trust-manager/"
+          f"Prometheus Operator objects: {'FAILED' if errors else 'ok'}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
