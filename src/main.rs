@@ -200,8 +200,12 @@ fn client_plan(args: &ClientArgs) -> Result<ClientPlan, String> {
     let (host, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), "443"));
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = args.server_name.as_deref().unwrap_or(host);
-    let server_name = ServerName::try_from(name.to_string()).map_err(|e| {
-        format!("--server-name {name:?}: {e} (expected a DNS name or an IP address)")
+    let server_name = ServerName::try_from(name.to_string()).map_err(|e| match &args.server_name {
+        Some(_) => format!("--server-name {name:?}: {e} (expected a DNS name or an IP address)"),
+        None => format!(
+            "--target {:?}: its host {host:?} is not a valid server name ({e}); pass --server-name NAME",
+            args.target
+        ),
     })?;
     let authority = match (port, &server_name) {
         ("443", ServerName::DnsName(_)) => name.to_string(),

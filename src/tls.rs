@@ -164,7 +164,7 @@ pub struct Pins {
 }
 
 /// The server's leaf lacks a pinned SAN.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("the server certificate lacks the pinned {kind} SAN {value:?}")]
 pub struct PinMismatch {
     pub kind: &'static str,
@@ -226,9 +226,15 @@ impl ServerCertVerifier for PinnedServer {
         let sans = crate::proxy::identity::PeerIdentity::from_der(end_entity).ok_or(
             rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
         )?;
+        // DNS names compare case-insensitively (RFC 4343), URIs exactly.
         let missing = |kind: &'static str, want: &[String], have: &[String]| {
             want.iter()
-                .find(|w| !have.contains(w))
+                .find(|w| {
+                    !have.iter().any(|h| match kind {
+                        "DNS" => h.eq_ignore_ascii_case(w),
+                        _ => h == *w,
+                    })
+                })
                 .map(|value| PinMismatch {
                     kind,
                     value: value.clone(),

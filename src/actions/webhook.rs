@@ -27,6 +27,8 @@ pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct WebhookAction {
     url: hyper::Uri,
+    /// `scheme://host:port/…` for logs: webhook paths and queries often carry a token.
+    shown: String,
     host: String,
     port: u16,
     /// Present for https:// endpoints.
@@ -37,7 +39,12 @@ impl WebhookAction {
     /// Checks `url` (`http://` or `https://host[:port]/path`) and, for https, loads the trust
     /// anchors from `ca` or the system store. Every problem is a usage error naming the flag.
     pub fn new(url: &str, ca: Option<&Path>) -> Result<Self, String> {
-        let uri: hyper::Uri = url.parse().map_err(|e| format!("--webhook {url:?}: {e}"))?;
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| format!("--webhook: {e} (expected http(s)://host[:port]/path)"))?;
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err("--webhook: user:password@ in the URL is not supported (it would be sent as the Host header); put a token in the path or query".into());
+        }
         let host = uri
             .host()
             .ok_or_else(|| format!("--webhook {url:?}: expected http(s)://host[:port]/path"))?
@@ -47,9 +54,10 @@ impl WebhookAction {
         let (port, tls) = match uri.scheme_str() {
             Some("http") => {
                 if ca.is_some() {
-                    return Err(format!(
-                        "--webhook-ca is only used with an https:// --webhook, not {url:?}"
-                    ));
+                    return Err(
+                        "--webhook-ca is only used with an https:// --webhook, not an http:// one"
+                            .into(),
+                    );
                 }
                 (uri.port_u16().unwrap_or(80), None)
             }
@@ -69,8 +77,19 @@ impl WebhookAction {
                 ))
             }
         };
+        let shown = format!(
+            "{}://{}{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.authority().map(|a| a.as_str()).unwrap_or_default(),
+            if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+                "/…"
+            } else {
+                "/"
+            }
+        );
         Ok(WebhookAction {
             url: uri,
+            shown,
             host,
             port,
             tls,
@@ -90,14 +109,14 @@ impl WebhookAction {
         .to_string();
         let status = tokio::time::timeout(WEBHOOK_TIMEOUT, self.post(body))
             .await
-            .map_err(|_| format!("POST {} timed out after {WEBHOOK_TIMEOUT:?}", self.url))?
-            .map_err(|e| format!("POST {} failed: {e}", self.url))?;
+            .map_err(|_| format!("POST {} timed out after {WEBHOOK_TIMEOUT:?}", self.shown))?
+            .map_err(|e| format!("POST {} failed: {e}", self.shown))?;
         if status.is_success() {
-            Ok(format!("POST {} answered {status}", self.url))
+            Ok(format!("POST {} answered {status}", self.shown))
         } else {
             Err(format!(
                 "POST {} answered {status}; only 2xx counts as success",
-                self.url
+                self.shown
             ))
         }
     }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use tracing::warn;
 use super::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
 use super::identity::PeerIdentity;
 use super::inbound::Inbound;
-use super::io::{connect, Activity, Upstream};
+use super::io::{connect, Activity, TouchBody, Upstream};
 use super::Target;
 
 /// Identity and forwarding headers we set or vouch for; any copy a client sends is dropped first.
@@ -64,8 +64,8 @@ impl tower_service::Service<Uri> for Connector {
 
 /// The pooled upstream clients of one listener.
 pub struct Proxy {
-    h1: Client<Connector, Incoming>,
-    h2: Client<Connector, Incoming>,
+    h1: Client<Connector, TouchBody<Incoming>>,
+    h2: Client<Connector, TouchBody<Incoming>>,
     authority: String,
 }
 
@@ -76,7 +76,10 @@ impl Proxy {
             timeout: connect_timeout,
         };
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(90));
+        builder
+            .pool_idle_timeout(Duration::from_secs(90))
+            // Without a timer the idle timeout is only checked when a connection is reused.
+            .pool_timer(TokioTimer::new());
         let h1 = builder.build(connector.clone());
         let h2 = builder.http2_only(true).build(connector);
         let authority = match target {
@@ -98,15 +101,13 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Activity::new();
     let identity = Arc::new(identity);
-    let (svc_ctx, svc_activity) = (ctx.clone(), activity.clone());
+    let svc_ctx = ctx.clone();
     let handle = move |req| {
         let (ctx, identity) = (svc_ctx.clone(), identity.clone());
-        let activity = svc_activity.clone();
-        async move { respond(req, &ctx, &identity, allowed, peer, &activity).await }
+        async move { respond(req, &ctx, &identity, allowed, peer).await }
     };
-    serve_conn(tls, &ctx.shared.cfg, peer, shutdown, activity, handle).await;
+    serve_conn(tls, &ctx.shared.cfg, peer, shutdown, handle).await;
 }
 
 async fn respond(
@@ -115,11 +116,10 @@ async fn respond(
     id: &PeerIdentity,
     allowed: bool,
     peer: SocketAddr,
-    activity: &Activity,
 ) -> Response<Body> {
     let start = Instant::now();
     let resp = if allowed {
-        forward(req, ctx, id, peer, activity).await
+        forward(req, ctx, id, peer).await
     } else {
         let mut r = short(
             StatusCode::FORBIDDEN,
@@ -145,12 +145,17 @@ async fn forward(
     ctx: &Inbound,
     id: &PeerIdentity,
     peer: SocketAddr,
-    activity: &Activity,
 ) -> Response<Body> {
     // An http listener always has a Proxy.
     let Some(proxy) = ctx.http.as_ref() else {
         return short(StatusCode::INTERNAL_SERVER_ERROR, "no upstream client");
     };
+    if req.method() == Method::CONNECT {
+        return short(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported: this is a reverse proxy",
+        );
+    }
     let inbound_authority = req.uri().authority().map(|a| a.to_string());
     let path = req
         .uri()
@@ -190,11 +195,13 @@ async fn forward(
     } else {
         Version::HTTP_11
     };
-    let request = client.request(req);
+    // Timed per request: not a fixed deadline (an upload that keeps moving is never cut), and
+    // not the connection's traffic (other HTTP/2 streams must not keep a stuck one waiting).
+    let waiting = Activity::new();
+    let request = client.request(req.map(|b| TouchBody::new(b, waiting.clone())));
     let outcome = tokio::select! {
         r = request => Ok(r),
-        // Not a fixed deadline: a long upload keeps the connection busy and is never cut.
-        _ = activity.idle(ctx.shared.cfg.idle_timeout) => Err(()),
+        _ = waiting.idle(ctx.shared.cfg.idle_timeout) => Err(()),
     };
     match outcome {
         Ok(Ok(resp)) => relay_response(resp),

@@ -30,10 +30,12 @@ const MAX_HEADER_READ: Duration = Duration::from_secs(30);
 /// Extra time a closing connection gets to finish a response that is still moving.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Connection-level headers that must not be forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 7] = [
+/// Connection-level headers that must not be forwarded (RFC 9110 7.6.1), and credentials meant
+/// for a proxy (we are the proxy; they must not reach the next hop).
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
+    "proxy-authorization",
     "proxy-connection",
     "te",
     "trailer",
@@ -41,20 +43,19 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
-/// Serves `io` with `handle` until the connection is done (see the module docs). `activity`
-/// must be the one `handle` watches for its upstream timeout.
+/// Serves `io` with `handle` until the connection is done (see the module docs).
 pub async fn serve_conn<S, F, Fut>(
     io: S,
     cfg: &ListenerConfig,
     peer: SocketAddr,
     shutdown: CancellationToken,
-    activity: Activity,
     handle: F,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    let activity = Activity::new();
     let io = TokioIo::new(Tracked::new(io, activity.clone()));
     let svc = hyper::service::service_fn(move |req| {
         let resp = handle(req);

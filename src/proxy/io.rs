@@ -177,3 +177,42 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+/// A request body that touches `activity` for every frame it yields, so the wait for a
+/// response can be timed per request (an upload that keeps moving is never cut) rather than per
+/// connection, where other HTTP/2 streams would keep the timer alive.
+pub struct TouchBody<B> {
+    inner: B,
+    activity: Activity,
+}
+
+impl<B> TouchBody<B> {
+    pub fn new(inner: B, activity: Activity) -> Self {
+        TouchBody { inner, activity }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for TouchBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(Some(Ok(_)))) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

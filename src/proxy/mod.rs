@@ -24,7 +24,7 @@ pub mod tcp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -56,7 +56,9 @@ impl Target {
             return Ok(Target::Unix(PathBuf::from(path)));
         }
         match s.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Some((host, port))
+                if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
+            {
                 Ok(Target::Tcp(s.to_string()))
             }
             _ => Err(format!("expected host:port or unix:/path, got {s:?}")),
@@ -118,6 +120,8 @@ pub struct ListenerMetrics {
     pub denied: Counter,
     pub upstream_failures: Counter,
     pub duration: Histogram,
+    /// `http_requests_total{code}` handles, looked up in the registry once per code.
+    codes: Arc<[OnceLock<Counter>]>,
     name: String,
     registry: Arc<Metrics>,
 }
@@ -133,6 +137,7 @@ impl ListenerMetrics {
             denied: metrics.authz_denied.get_or_create_owned(&l),
             upstream_failures: metrics.upstream_failures.get_or_create_owned(&l),
             duration: metrics.http_duration.get_or_create_owned(&l),
+            codes: (0..600).map(|_| OnceLock::new()).collect(),
             name: name.to_string(),
             registry: metrics,
         }
@@ -149,14 +154,20 @@ impl ListenerMetrics {
             .inc();
     }
 
+    /// Counts a response; after the first response with a code, no lock and no allocation.
     pub fn http_response(&self, code: u16) {
-        self.registry
-            .http_requests
-            .get_or_create(&crate::metrics::ListenerCodeLabels {
-                listener: self.name.clone(),
-                code,
-            })
-            .inc();
+        let lookup = || {
+            self.registry
+                .http_requests
+                .get_or_create_owned(&crate::metrics::ListenerCodeLabels {
+                    listener: self.name.clone(),
+                    code,
+                })
+        };
+        match self.codes.get(usize::from(code)) {
+            Some(slot) => slot.get_or_init(lookup).inc(),
+            None => lookup().inc(),
+        };
     }
 }
 

@@ -9,12 +9,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use rustls::pki_types::ServerName;
-use rustls::{CertificateError, Error as TlsError};
+use rustls::{AlertDescription, CertificateError, Error as TlsError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -70,7 +71,7 @@ pub enum UpstreamError {
         source: io::Error,
     },
     #[error("the server refused our client certificate (TLS alert {alert:?})")]
-    Rejected { alert: rustls::AlertDescription },
+    Rejected { alert: AlertDescription },
     #[error("TLS handshake with {addr} timed out after {after:?}")]
     HandshakeTimeout {
         addr: String,
@@ -127,11 +128,19 @@ pub async fn connect(
             debug!(listener = %cfg.name, target = %addr, resumed = ?t.get_ref().1.handshake_kind(), "upstream handshake done");
             Ok(t)
         }
-        Ok(Err(source)) => Err(UpstreamError::Handshake {
-            addr,
-            reason: classify(&source),
-            source,
-        }),
+        Ok(Err(source)) => {
+            let reason = classify(&source);
+            // rustls shows a custom verifier error with Debug; say it in words.
+            let source = match find_in_chain::<PinMismatch>(&source) {
+                Some(pin) => io::Error::new(io::ErrorKind::InvalidData, pin.clone()),
+                None => source,
+            };
+            Err(UpstreamError::Handshake {
+                addr,
+                reason,
+                source,
+            })
+        }
         Err(_) => Err(UpstreamError::HandshakeTimeout {
             addr,
             after: cfg.handshake_timeout,
@@ -179,9 +188,26 @@ impl Handler for Outbound {
 /// failure it really is.
 pub fn rejected_by_server(e: &(dyn std::error::Error + 'static)) -> Option<UpstreamError> {
     match find_in_chain::<TlsError>(e)? {
-        TlsError::AlertReceived(alert) => Some(UpstreamError::Rejected { alert: *alert }),
+        TlsError::AlertReceived(alert) if refuses_certificate(*alert) => {
+            Some(UpstreamError::Rejected { alert: *alert })
+        }
         _ => None,
     }
+}
+
+/// The alerts by which a server refuses the client's certificate (RFC 8446 6.2).
+fn refuses_certificate(alert: AlertDescription) -> bool {
+    matches!(
+        alert,
+        AlertDescription::BadCertificate
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnknownCA
+            | AlertDescription::AccessDenied
+            | AlertDescription::CertificateRequired
+    )
 }
 
 /// The first `T` in `e`'s cause chain, looking inside `io::Error`s too (whose `source()` skips
@@ -208,20 +234,29 @@ pub fn find_in_chain<'a, T: std::error::Error + 'static>(
 /// mode) or any of a pool's (http mode). With TLS 1.3 that refusal arrives after the handshake,
 /// inside the data stream, where the error the app's side sees no longer says why.
 #[derive(Default)]
-pub struct Rejections(std::sync::Mutex<Option<rustls::AlertDescription>>);
+pub struct Rejections(AtomicU8);
 
+/// `Rejections` holds the alert's code plus one; 0 is "none".
 impl Rejections {
     fn note(&self, e: &io::Error) {
         if let Some(UpstreamError::Rejected { alert }) = rejected_by_server(e) {
-            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(alert);
+            self.0
+                .store(u8::from(alert).saturating_add(1), Ordering::Relaxed);
         }
     }
+    /// After a success; a relaxed load first, so the common case writes nothing.
     pub fn clear(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if self.0.load(Ordering::Relaxed) != 0 {
+            self.0.store(0, Ordering::Relaxed);
+        }
     }
     pub fn get(&self) -> Option<UpstreamError> {
-        let alert = (*self.0.lock().unwrap_or_else(|e| e.into_inner()))?;
-        Some(UpstreamError::Rejected { alert })
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(UpstreamError::Rejected {
+                alert: AlertDescription::from(n - 1),
+            }),
+        }
     }
 }
 
@@ -315,8 +350,14 @@ fn classify(e: &io::Error) -> &'static str {
                 _ => "server_cert_invalid",
             }
         }
-        // The server refused our certificate (it sends an alert during or after the handshake).
-        Some(TlsError::AlertReceived(_)) => "rejected_by_server",
+        // The server refused our certificate (TLS 1.2: during the handshake).
+        Some(TlsError::AlertReceived(a)) if refuses_certificate(*a) => "rejected_by_server",
+        Some(TlsError::AlertReceived(
+            AlertDescription::ProtocolVersion
+            | AlertDescription::HandshakeFailure
+            | AlertDescription::InsufficientSecurity
+            | AlertDescription::NoApplicationProtocol,
+        )) => "incompatible",
         Some(TlsError::PeerIncompatible(_)) | Some(TlsError::NoApplicationProtocol) => {
             "incompatible"
         }

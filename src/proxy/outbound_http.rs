@@ -20,7 +20,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::header;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
-use super::io::Activity;
+use super::io::{Activity, TouchBody};
 use super::listener::Shared;
 use super::outbound::{
     connect, find_in_chain, rejected_by_server, Outbound, Rejections, Remote, UpstreamError,
@@ -38,6 +38,10 @@ use super::ListenerConfig;
 
 /// How long an unused pooled connection stays open.
 const POOL_IDLE: Duration = Duration::from_secs(90);
+/// HTTP/2 keepalive of pooled connections while requests are in flight: a PING this often,
+/// and the connection is closed if the answer takes longer than the timeout.
+const H2_PING: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The kept-alive upstream connections of one origin.
 pub struct Pool {
@@ -57,6 +61,13 @@ impl Pool {
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
+            // Without a timer the idle timeout is only checked when a connection is reused.
+            .pool_timer(TokioTimer::new())
+            // A pooled HTTP/2 connection to a vanished peer is noticed in seconds, not when
+            // the kernel gives up retransmitting.
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(H2_PING)
+            .http2_keep_alive_timeout(H2_PING_TIMEOUT)
             .build(connector);
         Pool { client, rejected }
     }
@@ -108,23 +119,22 @@ pub async fn serve(
     ctx: &Arc<Outbound>,
     shutdown: CancellationToken,
 ) {
-    let activity = Activity::new();
-    let (svc_ctx, svc_activity) = (ctx.clone(), activity.clone());
+    let svc_ctx = ctx.clone();
     let handle = move |req| {
-        let (ctx, activity) = (svc_ctx.clone(), svc_activity.clone());
+        let ctx = svc_ctx.clone();
         async move {
             let start = Instant::now();
-            let resp = forward(req, &ctx, &activity).await;
+            let resp = forward(req, &ctx).await;
             let m = &ctx.shared.metrics;
             m.duration.observe(start.elapsed().as_secs_f64());
             m.http_response(resp.status().as_u16());
             resp
         }
     };
-    serve_conn(tcp, &ctx.shared.cfg, peer, shutdown, activity, handle).await;
+    serve_conn(tcp, &ctx.shared.cfg, peer, shutdown, handle).await;
 }
 
-async fn forward(req: Request<Incoming>, ctx: &Outbound, activity: &Activity) -> Response<Body> {
+async fn forward(req: Request<Incoming>, ctx: &Outbound) -> Response<Body> {
     let s = &ctx.shared;
     // The one load per request: a publish after this point applies to the next request.
     let Some(origin) = ctx.origin.load_full() else {
@@ -133,6 +143,12 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound, activity: &Activity) ->
     let Some(pool) = origin.pool.as_ref() else {
         return short(StatusCode::INTERNAL_SERVER_ERROR, "no upstream pool");
     };
+    if req.method() == Method::CONNECT {
+        return short(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported: requests go to --target",
+        );
+    }
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     match format!("https://{}{}", ctx.remote.authority, path).parse() {
@@ -145,18 +161,18 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound, activity: &Activity) ->
     parts.version = Version::HTTP_11;
     // What a second attempt needs, for requests that can be replayed.
     let replay = (body.is_end_stream() && is_idempotent(&parts.method)).then(|| {
-        let mut again = Request::new(empty());
+        let mut again = Request::new(Empty::<bytes::Bytes>::new().map_err(|never| match never {}));
         *again.method_mut() = parts.method.clone();
         *again.uri_mut() = parts.uri.clone();
         *again.version_mut() = parts.version;
         *again.headers_mut() = parts.headers.clone();
         again
     });
-    let mut result = send(pool, Request::from_parts(parts, body.boxed()), s, activity).await;
+    let mut result = send(pool, Request::from_parts(parts, body), s).await;
     if let (Some(Ok(Err(e))), Some(again)) = (&result, replay) {
         if unprocessed(e) {
             debug!(listener = %s.cfg.name, error = %e, "the server refused the stream unprocessed; sending it again");
-            result = send(pool, again, s, activity).await;
+            result = send(pool, again.map(|b| b.boxed()), s).await;
         }
     }
     match result {
@@ -194,12 +210,18 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound, activity: &Activity) ->
 
 type Sent = Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, ()>;
 
-/// Sends `req` through the pool; `Some(Err(()))` if nothing moved for `--idle-timeout`.
-async fn send(pool: &Pool, req: Request<Body>, s: &Shared, activity: &Activity) -> Option<Sent> {
+/// Sends `req` through the pool; `Some(Err(()))` if it waited `--idle-timeout` with nothing
+/// moving. Timed per request: not a fixed deadline (an upload that keeps moving is never cut),
+/// and not the app connection's traffic (other HTTP/2 streams must not keep a stuck one waiting).
+async fn send<B>(pool: &Pool, req: Request<B>, s: &Shared) -> Option<Sent>
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+{
+    let waiting = Activity::new();
+    let req = req.map(|b| TouchBody::new(b, waiting.clone()).boxed());
     tokio::select! {
         r = pool.client.request(req) => Some(Ok(r)),
-        // Not a fixed deadline: a long upload keeps the connection busy and is never cut.
-        _ = activity.idle(s.cfg.idle_timeout) => Some(Err(())),
+        _ = waiting.idle(s.cfg.idle_timeout) => Some(Err(())),
     }
 }
 
@@ -218,10 +240,6 @@ fn unprocessed(e: &hyper_util::client::legacy::Error) -> bool {
         h.reason() == Some(h2::Reason::REFUSED_STREAM)
             || (h.is_go_away() && h.is_remote() && h.reason() == Some(h2::Reason::NO_ERROR))
     })
-}
-
-fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
 }
 
 /// `e: cause: cause ...`, each distinct message once.

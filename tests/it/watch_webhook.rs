@@ -46,7 +46,7 @@ fn port_of(hook: &HttpUpstream) -> String {
 fn http_webhook_is_posted_once_per_change_with_the_new_facts() {
     let (mut env, _) = Env::with_first(TestPki::server);
     let hook = HttpUpstream::start();
-    let url = format!("http://{}/reload?x=1", hook.addr());
+    let url = format!("http://{}/reload?x=1&token=s3cr3t", hook.addr());
     let sc = watch_with_hook(&env, &url, &[]);
     let second = env.pki.server();
     env.publish(&second);
@@ -58,7 +58,14 @@ fn http_webhook_is_posted_once_per_change_with_the_new_facts() {
     assert_eq!(hook.requests_finished(), 1);
     let got = hook.last().expect("one POST");
     assert_eq!(got.method, "POST");
-    assert_eq!(got.path, "/reload?x=1");
+    assert_eq!(got.path, "/reload?x=1&token=s3cr3t");
+    // Webhook paths often carry a token: logs show only scheme://host:port/….
+    assert!(!sc.log().contains("s3cr3t"), "{}", sc.log());
+    assert!(
+        sc.log().contains(&format!("http://{}/…", hook.addr())),
+        "{}",
+        sc.log()
+    );
     assert_eq!(got.one("content-type"), "application/json");
     assert_eq!(got.one("host"), hook.addr());
     let body: serde_json::Value = serde_json::from_str(&got.body).unwrap();
@@ -150,6 +157,10 @@ fn webhook_usage_errors_exit_2_naming_the_flag() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--webhook", "ftp://example.invalid/x"], "--webhook"),
         (vec!["--webhook", "/reload"], "--webhook"),
+        (
+            vec!["--webhook", "https://user:pw@localhost:9/x"],
+            "user:password@",
+        ),
         (
             vec![
                 "--webhook",

@@ -215,10 +215,16 @@ fn http_mode_forwards_the_request_to_the_server_by_name() {
             &[
                 ("X-Request-Id", "abc-123"),
                 ("Content-Type", "application/json"),
+                // Meant for us as a proxy: never forwarded.
+                ("Proxy-Authorization", "Basic c2VjcmV0OnNlY3JldA=="),
             ],
             body,
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", chain.client.log()));
+    assert!(
+        !echoed(&resp).headers.contains_key("proxy-authorization"),
+        "Proxy-Authorization reached the server"
+    );
     let echo = echoed(&resp);
     assert_eq!(echo.method, "POST");
     assert_eq!(echo.path, "/orders?dry_run=1");
@@ -238,6 +244,11 @@ fn http_mode_forwards_the_request_to_the_server_by_name() {
         .get("/again")
         .expect("second request, same app connection");
     assert_eq!(echoed(&again).path, "/again");
+    // A tunnel is not ours to open: CONNECT is refused, not forwarded.
+    let connect = conn
+        .request("CONNECT", "example.com:443", &[], b"")
+        .expect("an answer to CONNECT");
+    assert_eq!(connect.status, 405, "{}", connect.body_text());
 }
 
 /// The guide's bidirectional Certificate (server auth + client auth) works as a client

@@ -317,3 +317,47 @@ fn without_server_name_the_target_host_is_verified() {
         assert_eq!(echoed(&resp).one("x-client-dn"), CLIENT_DN);
     }
 }
+
+/// A server that cannot speak the TLS version we require answers with a protocol alert, not a
+/// certificate one: that is `incompatible`, never `rejected_by_server` (which would send the
+/// operator looking at the client certificate).
+#[test]
+fn a_tls_version_the_server_lacks_is_incompatible_not_a_rejected_certificate() {
+    if !crate::support::require_tool("openssl") {
+        return;
+    }
+    let pods = Pods::new();
+    let leaf = pods.pki().server();
+    let dir = pods.env.tmp().join("s_server");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tls.crt"), &leaf.chain_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &leaf.key_pkcs8_pem).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let _server = crate::support::procs::Reaped(
+        std::process::Command::new("openssl")
+            .current_dir(&dir)
+            .args(["s_server", "-quiet", "-tls1_2", "-www"])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .args(["-cert", "tls.crt", "-key", "tls.key"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server"),
+    );
+    let target = format!("127.0.0.1:{port}");
+    assert!(
+        crate::support::sidecar::wait_until(WAIT, || std::net::TcpStream::connect(&target).is_ok()),
+        "openssl s_server did not start"
+    );
+    refused_in_both_modes(
+        &pods,
+        &target,
+        SERVER_NAME,
+        &["--min-tls", "1.3"],
+        "incompatible",
+    );
+}

@@ -456,3 +456,37 @@ fn upload_longer_than_idle_timeout_is_not_cut() {
     let head = String::from_utf8_lossy(&resp);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
+
+/// One stuck request among busy HTTP/2 streams of the same connection still gets its 504: the
+/// wait for a response is timed per request, not by the connection's traffic (the busy streams
+/// move bytes every 400 ms, well inside the 1 s idle timeout, for about 5 s; the stuck one
+/// would answer after 5 s).
+#[test]
+fn stuck_http2_request_gets_504_while_other_streams_keep_the_connection_busy() {
+    if !require_tool("curl") {
+        return;
+    }
+    let (env, _upstream, sc) = proxy(&["--allow-all", "--idle-timeout", "1s"]);
+    let dir = curl_dir(&env, &env.pki.client());
+    let port = port_of(sc.listen_addr());
+    let mut paths = vec!["/hang?delay_ms=5000".to_string()];
+    paths.extend((0..12).map(|i| format!("/busy{i}?delay_ms=400")));
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let res = users_curl_paths(
+        dir.path(),
+        port,
+        &paths,
+        &["--http2", "--parallel", "--parallel-max", "2"],
+    );
+    let codes: Vec<u16> = res.transfers.iter().map(|t| t.http_code).collect();
+    assert_eq!(res.transfers.len(), 13, "{res:?}");
+    assert_eq!(
+        codes.iter().filter(|&&c| c == 504).count(),
+        1,
+        "the stuck request did not get its 504: {codes:?}\n{}",
+        sc.log()
+    );
+    for t in res.transfers.iter().filter(|t| t.http_code == 200) {
+        assert!(Echoed::parse(t.body.as_bytes()).path.starts_with("/busy"));
+    }
+}
