@@ -153,11 +153,12 @@ pub async fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
 }
 
 fn write_leaf(dir: &Path, leaf: &pki::DemoLeaf, ca_pem: &str) -> anyhow::Result<()> {
+    // Throwaway keys, but still only for the user who runs the demo (and its curl command).
     let files = [
-        ("tls.crt", leaf.cert_pem.as_bytes()),
-        ("tls.key", leaf.key_pem.as_bytes()),
-        ("ca.crt", ca_pem.as_bytes()),
+        ("tls.crt", leaf.cert_pem.as_bytes(), 0o644),
+        ("tls.key", leaf.key_pem.as_bytes(), 0o600),
+        ("ca.crt", ca_pem.as_bytes(), 0o644),
     ];
-    crate::atomic_dir::write_generation(dir, &files)
+    crate::atomic_dir::write_generation_with_modes(dir, &files)
         .with_context(|| format!("writing the volume {}", dir.display()))
 }
