@@ -25,14 +25,19 @@ use super::io::{connect, Activity, TouchBody, Upstream};
 use super::Target;
 
 /// Identity and forwarding headers we set or vouch for; any copy a client sends is dropped first.
-const IDENTITY_HEADERS: [&str; 7] = [
+/// `X-Real-IP` and `X-Forwarded-Host`/`-Port` are not ours to set, but apps trust them like
+/// `X-Forwarded-For`, so a client must not be able to send them either.
+const IDENTITY_HEADERS: [&str; 10] = [
     "forwarded",
     "x-client-cert",
     "x-client-dn",
     "x-client-verify",
     "x-forwarded-client-cert",
     "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
     "x-forwarded-proto",
+    "x-real-ip",
 ];
 
 /// Opens upstream connections for the pooled client.

@@ -96,6 +96,9 @@ fn client_sent_identity_headers_are_removed() {
         ("X-Forwarded-Client-Cert", "Hash=00;Subject=\"CN=admin\""),
         ("X-Forwarded-For", "6.6.6.6"),
         ("X-Forwarded-Proto", "http"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("X-Forwarded-Host", "admin.internal"),
+        ("X-Forwarded-Port", "80"),
         ("X-Request-Id", "kept"),
     ];
     let resp = conn
@@ -107,6 +110,12 @@ fn client_sent_identity_headers_are_removed() {
     assert_eq!(echoed.one("x-client-verify"), "SUCCESS");
     assert_eq!(echoed.one("x-forwarded-for"), "127.0.0.1");
     assert_eq!(echoed.one("x-forwarded-proto"), "https");
+    for dropped in ["x-real-ip", "x-forwarded-host", "x-forwarded-port"] {
+        assert!(
+            !echoed.headers.contains_key(dropped),
+            "client-sent {dropped} reached the app"
+        );
+    }
     let pem = percent_decode(&echoed.one("x-client-cert"));
     assert!(
         !pem.contains("forged"),
