@@ -27,7 +27,7 @@ const DRY_RUN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The subcommands that run until stopped (the others run once).
 const LONG_RUNNING: &[&str] = &["server", "client", "watch"];
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -35,10 +35,10 @@ fn repo() -> PathBuf {
 
 /// One YAML document: the file it is in (relative to the repository), where exactly it came
 /// from (for messages), and its content.
-struct Doc {
-    file: PathBuf,
-    origin: String,
-    value: Value,
+pub(crate) struct Doc {
+    pub(crate) file: PathBuf,
+    pub(crate) origin: String,
+    pub(crate) value: Value,
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -75,7 +75,7 @@ fn parse_stream(text: &str, file: &Path, origin: &str) -> Vec<Doc> {
 }
 
 /// Every document of every `deploy/**/*.yaml`, as written.
-fn source_docs() -> &'static [Doc] {
+pub(crate) fn source_docs() -> &'static [Doc] {
     static DOCS: OnceLock<Vec<Doc>> = OnceLock::new();
     DOCS.get_or_init(|| {
         let root = repo();
@@ -206,7 +206,7 @@ fn pod_specs<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
 }
 
 /// (list name, container) for every container of a pod spec.
-fn containers(pod: &Value) -> impl Iterator<Item = (&'static str, &Value)> {
+pub(crate) fn containers(pod: &Value) -> impl Iterator<Item = (&'static str, &Value)> {
     ["initContainers", "containers", "ephemeralContainers"]
         .into_iter()
         .flat_map(move |list| {
@@ -228,14 +228,14 @@ fn is_our_image(image: &str) -> bool {
 
 /// True if `container` runs our binary: our image, or (a kustomize patch, which names no image)
 /// the container name `mtls-sidecar` every manifest gives our sidecar.
-fn is_ours(container: &Value) -> bool {
+pub(crate) fn is_ours(container: &Value) -> bool {
     match container["image"].as_str() {
         Some(image) => is_our_image(image),
         None => container["name"] == "mtls-sidecar",
     }
 }
 
-fn strings(v: &Value) -> Vec<String> {
+pub(crate) fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .into_iter()
         .flatten()

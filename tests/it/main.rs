@@ -5,6 +5,7 @@ mod check_cli;
 mod check_openssl;
 mod client_mode;
 mod demo;
+mod deploy_examples;
 mod deploy_manifests;
 mod kubelet_scenarios;
 mod kubelet_volume;

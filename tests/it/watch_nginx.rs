@@ -16,21 +16,11 @@ use crate::support::fixture::{tls_files, Env};
 use crate::support::nginx::{masters_under, served_serial, Nginx};
 use crate::support::pki::{Leaf, TestPki};
 use crate::support::procs::{comm, descendants, ns_pid, parent, uid, HupCounter, ProcId};
+use crate::support::prom::{SIGNAL_FAILED, SIGNAL_OK, STAGE_OK, VERIFY_FAILED, VERIFY_OK};
 use crate::support::sidecar::{wait_until, Sidecar};
 use crate::support::{require_root, require_tool};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-const SIGNAL_OK: &str =
-    r#"mtls_sidecar_actions_total{set="default",action="signal",result="success"}"#;
-const SIGNAL_FAILED: &str =
-    r#"mtls_sidecar_actions_total{set="default",action="signal",result="failure"}"#;
-const VERIFY_OK: &str =
-    r#"mtls_sidecar_actions_total{set="default",action="verify",result="success"}"#;
-const VERIFY_FAILED: &str =
-    r#"mtls_sidecar_actions_total{set="default",action="verify",result="failure"}"#;
-const STAGE_OK: &str =
-    r#"mtls_sidecar_actions_total{set="default",action="stage",result="success"}"#;
 
 /// True if every tool is on PATH (each one checked with `require_tool`, which fails in CI).
 fn tools(names: &[&str]) -> bool {
@@ -53,7 +43,13 @@ fn client_dir(env: &Env) -> PathBuf {
 /// while pinning `leaf`'s key: nginx serves `leaf` and accepts our client certificate.
 fn assert_curl_sees(client: &Path, nginx: &Nginx, leaf: &Leaf) {
     let pin = pinned_pubkey(&leaf.cert_der);
-    let got = users_curl(client, nginx.port(), "/", &["--pinnedpubkey", &pin]);
+    // Right after a reload an old nginx worker may still take one more connection with the old
+    // certificate: retry (bounded) until the pinned call passes.
+    let mut got = users_curl(client, nginx.port(), "/", &["--pinnedpubkey", &pin]);
+    wait_until(WAIT, || {
+        got = users_curl(client, nginx.port(), "/", &["--pinnedpubkey", &pin]);
+        got.ran.success() && got.http_code == 200
+    });
     assert!(
         got.ran.success() && got.http_code == 200 && got.body == "ok\n",
         "curl with the client certificate, pinned to serial {}: {got:?}\nnginx error.log:\n{}",

@@ -2,7 +2,9 @@
 //! client certificates required and verified against its `ca.crt`. `Nginx::spawn` starts it as
 //! a child of the test; `Nginx::pid_namespace_wrapper` is a `Sidecar::start_via` wrapper that
 //! starts it inside a fresh PID namespace together with the sidecar, so `--process-name nginx`
-//! sees this test's nginx only. `served_serial` reads the certificate it serves.
+//! sees this test's nginx only; `pid_namespace_wrapper_for` does the same for any command line
+//! (nginx as a manifest starts it), started when the test says so, as kubelet starts a pod's
+//! app once its sidecar is up. `served_serial` reads the certificate it serves.
 //! Callers check `require_tool("nginx")` (and `openssl` for `served_serial`) first.
 
 use std::ffi::OsString;
@@ -133,6 +135,52 @@ impl Nginx {
             PID_NAMESPACE_SCRIPT.into(),
         ]
     }
+}
+
+/// A `Sidecar::start_via` wrapper for an app given by its whole command line (`app`, program
+/// first): `unshare --pid --fork --mount-proc --kill-child -- /bin/sh -c SCRIPT`. In the new PID
+/// namespace a background shell waits until `start_file` exists, then execs `app` with its
+/// stdout and stderr appended to `stdout` and `stderr`; meanwhile the sidecar is exec'd as PID 1
+/// (the app's parent). The test creates `start_file` when kubelet would start the app (after
+/// the sidecar started and its startup probe passed): the test runs the probes itself, so no
+/// second `mtls-sidecar` process ever runs under the wrapper (`Sidecar` looks for exactly one).
+/// Killing the sidecar ends the namespace and the app with it.
+pub fn pid_namespace_wrapper_for(
+    app: &[String],
+    start_file: &Path,
+    stdout: &Path,
+    stderr: &Path,
+) -> Vec<OsString> {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let path = |p: &Path| {
+        quote(
+            p.to_str()
+                .unwrap_or_else(|| panic!("{} is not UTF-8", p.display())),
+        )
+    };
+    let app: Vec<String> = app.iter().map(|a| quote(a)).collect();
+    let script = format!(
+        "(\n  until [ -e {start} ]; do sleep 0.05; done\n  exec {app} >>{stdout} 2>>{stderr}\n) &\n\
+         exec \"$0\" \"$@\"",
+        start = path(start_file),
+        app = app.join(" "),
+        stdout = path(stdout),
+        stderr = path(stderr),
+    );
+    [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "--",
+        "/bin/sh",
+        "-c",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .chain([OsString::from(script)])
+    .collect()
 }
 
 /// nginx as in our users' guide: TLS with the Secret in `vol`, client certificates required.

@@ -1,6 +1,7 @@
 //! A small parser for the Prometheus / OpenMetrics text format, enough to look up one
 //! series by name and label set regardless of label order (prometheus-client writes labels
 //! in registration order) and with escaped label values (`\"`, `\\`, `\n`).
+//! Also the names of the series the tests read most.
 
 /// One sample of the Prometheus text format.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,3 +72,15 @@ pub fn parse_series(series: &str) -> Option<(String, Vec<(String, String)>)> {
     labels.sort();
     Some((name.trim().to_string(), labels))
 }
+
+/// `mtls_sidecar_actions_total` series of the `default` set (flags, no config file).
+pub const SIGNAL_OK: &str =
+    r#"mtls_sidecar_actions_total{set="default",action="signal",result="success"}"#;
+pub const SIGNAL_FAILED: &str =
+    r#"mtls_sidecar_actions_total{set="default",action="signal",result="failure"}"#;
+pub const VERIFY_OK: &str =
+    r#"mtls_sidecar_actions_total{set="default",action="verify",result="success"}"#;
+pub const VERIFY_FAILED: &str =
+    r#"mtls_sidecar_actions_total{set="default",action="verify",result="failure"}"#;
+pub const STAGE_OK: &str =
+    r#"mtls_sidecar_actions_total{set="default",action="stage",result="success"}"#;

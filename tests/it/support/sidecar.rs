@@ -78,8 +78,16 @@ impl Sidecar {
     /// `--listen 127.0.0.1:0`) and wait (bounded) until it logs its admin address and the
     /// `listener bound` line of listener `server`: `listen_addr()` is then known.
     pub fn server<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Sidecar {
+        Self::server_via(NO_WRAPPER, args)
+    }
+
+    /// `server` run through `wrapper` (see `start_via`), waiting as `server` does.
+    pub fn server_via<W: AsRef<OsStr>, S: AsRef<OsStr>>(
+        wrapper: &[W],
+        args: impl IntoIterator<Item = S>,
+    ) -> Sidecar {
         let _gate = INOTIFY_GATE.read().unwrap_or_else(|e| e.into_inner());
-        let mut sidecar = Self::start("server", args);
+        let mut sidecar = Self::start_via(wrapper, "server", args);
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Some(addr) = listener_address(&sidecar.log(), "server") {
