@@ -1,7 +1,9 @@
 //! The reload task of one credential set: on every trigger, read one consistent snapshot,
 //! skip it if the content is what is served, validate it, and hand the result to the store.
 //! Transient states (a cert/key pair or a CA from volumes updated at different moments, a file
-//! being rewritten in place) are retried briefly before they count as a failure.
+//! being rewritten in place) are retried briefly before they count as a failure. A certificate
+//! refused as not yet valid (a node clock a little behind the issuer's) is checked again when
+//! its validity starts, without waiting for a file event or the next poll.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -34,6 +36,10 @@ const RETRY_DELAYS: [Duration; 4] = [
     Duration::from_millis(800),
 ];
 
+/// The longest single wait for a not-yet-valid certificate (then it is checked, and scheduled
+/// again if still early).
+const MAX_VALIDITY_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 /// Runs until `cancel`, reloading on each trigger.
 pub async fn run(
     set: SetConfig,
@@ -41,21 +47,36 @@ pub async fn run(
     mut rx: mpsc::Receiver<Trigger>,
     cancel: CancellationToken,
 ) {
+    let mut recheck: Option<tokio::time::Instant> = None;
     loop {
-        let trigger = tokio::select! {
-            _ = cancel.cancelled() => return,
-            t = rx.recv() => match t { Some(t) => t, None => return },
+        let due = async {
+            match recheck {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
         };
-        debug!(set = %set.name, ?trigger, "reload triggered");
         tokio::select! {
             _ = cancel.cancelled() => return,
-            () = reload_once(&set, &store) => {}
+            t = rx.recv() => match t {
+                Some(trigger) => debug!(set = %set.name, ?trigger, "reload triggered"),
+                None => return,
+            },
+            () = due => debug!(set = %set.name, "re-checking a certificate whose validity has started"),
         }
+        recheck = tokio::select! {
+            _ = cancel.cancelled() => return,
+            valid_from = reload_once(&set, &store) => valid_from.map(|t| {
+                // A second late, so the check does not land just before not_before.
+                let wait = t.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::time::Instant::now() + wait.min(MAX_VALIDITY_WAIT) + Duration::from_secs(1)
+            }),
+        };
     }
 }
 
-/// One reload: read, dedupe, validate, publish or refuse (with brief retries).
-pub async fn reload_once(set: &SetConfig, store: &Store) {
+/// One reload: read, dedupe, validate, publish or refuse (with brief retries). Returns when a
+/// refused certificate becomes valid, if it was refused only for being early.
+pub async fn reload_once(set: &SetConfig, store: &Store) -> Option<SystemTime> {
     let mut previous_hash = None;
     for attempt in 0..=RETRY_DELAYS.len() {
         if attempt > 0 {
@@ -70,18 +91,20 @@ pub async fn reload_once(set: &SetConfig, store: &Store) {
                 if is_transient_load(&e) && !last_try && store.load().is_some() {
                     continue;
                 }
-                return refuse_load(store, e);
+                refuse_load(store, e);
+                return None;
             }
             // The blocking read panicked: a bug, but never a reason to stop serving.
             Err(join) => {
                 let msg =
                     format!("internal error while reading credentials (please report it): {join}");
-                return store.refuse(Reason::Unreadable, msg, None);
+                store.refuse(Reason::Unreadable, msg, None);
+                return None;
             }
         };
         let hash = raw.content_hash();
         if store.is_unchanged(&hash) {
-            return;
+            return None;
         }
         let policy = set.policy.clone();
         let checked =
@@ -89,7 +112,7 @@ pub async fn reload_once(set: &SetConfig, store: &Store) {
         match checked {
             Ok(Ok(bundle)) => {
                 store.publish(bundle);
-                return;
+                return None;
             }
             Ok(Err(rejection)) => {
                 let e = rejection.primary();
@@ -100,14 +123,23 @@ pub async fn reload_once(set: &SetConfig, store: &Store) {
                     debug!(set = %set.name, reason = %e.reason(), "update looks half-written; retrying");
                     continue;
                 }
-                return store.refuse(e.reason(), e.to_string(), rejection.facts.leaf.as_ref());
+                let leaf = rejection.facts.leaf.as_ref();
+                store.refuse(e.reason(), e.to_string(), leaf);
+                // Only the leaf's start is known to end the refusal (a CA that is early is not
+                // rescheduled: its start is not in the leaf's facts).
+                return (e.reason() == Reason::NotYetValid)
+                    .then(|| leaf.map(|l| SystemTime::from(l.not_before)))
+                    .flatten()
+                    .filter(|start| *start > SystemTime::now());
             }
             Err(join) => {
                 let msg = format!("internal error while validating (please report it): {join}");
-                return store.refuse(Reason::BadPem, msg, None);
+                store.refuse(Reason::BadPem, msg, None);
+                return None;
             }
         }
     }
+    None
 }
 
 /// Files vanishing or moving may be a writer in the middle of an update.

@@ -260,3 +260,26 @@ fn s19_change_without_events_converges_by_poll() {
     std::thread::sleep(QUIET);
     assert_unchanged(&sc, &env.exec, 2, &next.serial_hex, 1);
 }
+
+/// A certificate whose validity starts a few seconds from now (a node clock a little behind the
+/// issuer's) is refused as `not_yet_valid`, then published once it is valid: no file event and
+/// no poll (`--poll-interval 0`) is needed for that.
+#[test]
+fn a_certificate_valid_in_a_few_seconds_is_published_when_it_becomes_valid() {
+    let (mut env, _first, sc) = started("0", &[]);
+    let early = env.pki.issue(
+        &TestPki::server_spec()
+            .not_before(crate::support::pki::now() + time::Duration::seconds(3))
+            .not_after(crate::support::pki::now() + time::Duration::days(30)),
+    );
+    env.publish(&early);
+    assert!(
+        sc.wait_until(WAIT, || sc.last_error_reason().as_deref()
+            == Some("not_yet_valid")),
+        "{}",
+        sc.status()
+    );
+    wait_for_serial(&sc, &early.serial_hex);
+    assert_eq!(sc.generation(), 2);
+    assert!(sc.last_error_reason().is_none(), "{}", sc.status());
+}
