@@ -4,7 +4,8 @@
 //! connection (or per request in `client --protocol http`).
 //!
 //! - [`listener`]: the accept loop both share: connection limit, counting, drain.
-//! - [`inbound`], [`outbound`]: what a `server` or `client` connection does.
+//! - [`inbound`], [`outbound`]: what a `server` or `client` connection does; [`refusal`]: how a
+//!   `client` notices that the server refused its certificate.
 //! - [`tcp`], [`http_conn`]: byte copy, or an HTTP connection's lifecycle; [`http`] and
 //!   [`outbound_http`] forward requests in each direction.
 //! - [`authz`], [`identity`]: allow-lists and the verified peer's identity.
@@ -19,6 +20,7 @@ pub mod io;
 pub mod listener;
 pub mod outbound;
 pub mod outbound_http;
+pub mod refusal;
 pub mod tcp;
 
 use std::net::SocketAddr;

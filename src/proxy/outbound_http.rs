@@ -30,10 +30,8 @@ use tracing::{debug, warn};
 use super::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
 use super::io::{Activity, TouchBody};
 use super::listener::Shared;
-use super::outbound::{
-    connect, find_in_chain, rejected_by_server, Outbound, Rejections, Remote, UpstreamError,
-    Watched,
-};
+use super::outbound::{connect, Outbound, Remote, UpstreamError};
+use super::refusal::{find_in_chain, rejected_by_server, Rejections, Watched};
 use super::ListenerConfig;
 
 /// How long an unused pooled connection stays open.
