@@ -188,8 +188,9 @@ pub struct WatchArgs {
         group = "signal_target"
     )]
     pub pid_file: Option<PathBuf>,
-    /// Signal processes with this name (/proc/*/comm) whose parent has another name: nginx's
-    /// master, not its workers. Needs `shareProcessNamespace: true`.
+    /// Signal processes with this name (/proc/*/comm: the first 15 bytes of the executable's file
+    /// name) whose parent has another name: nginx's master, not its workers. Needs
+    /// `shareProcessNamespace: true`.
     #[arg(
         long,
         env = "MTLS_SIDECAR_PROCESS_NAME",

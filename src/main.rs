@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use mtls_sidecar::actions::signal::{parse_signal, SignalAction, SignalTarget};
+use mtls_sidecar::actions::signal::{comm_name, parse_signal, SignalAction, SignalTarget};
 use mtls_sidecar::actions::stage::StageAction;
 use mtls_sidecar::actions::verify::VerifyAction;
 use mtls_sidecar::actions::webhook::WebhookAction;
@@ -81,7 +81,7 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
     }
     let target = match (&args.pid_file, &args.process_name, args.pid) {
         (Some(f), _, _) => Some(SignalTarget::PidFile(f.clone())),
-        (_, Some(n), _) => Some(SignalTarget::ProcessName(n.clone())),
+        (_, Some(n), _) => Some(SignalTarget::ProcessName(comm_name(n)?)),
         (_, _, Some(p)) => Some(SignalTarget::Pid(p)),
         _ => None,
     };

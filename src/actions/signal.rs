@@ -85,6 +85,26 @@ pub fn resolve(proc_root: &Path, target: &SignalTarget) -> Result<Vec<i32>, Stri
     Ok(pids)
 }
 
+/// What `--process-name NAME` is compared with: the kernel keeps the first 15 bytes of the
+/// executable's file name in `/proc/PID/comm`, so a path is reduced to its file name and a longer
+/// name to those 15 bytes. Empty is a usage error.
+pub fn comm_name(name: &str) -> Result<String, String> {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    if base.is_empty() {
+        return Err(format!(
+            "--process-name {name:?}: expected a process name such as nginx"
+        ));
+    }
+    let mut end = base.len().min(TASK_COMM_MAX);
+    while !base.is_char_boundary(end) {
+        end -= 1;
+    }
+    Ok(base[..end].to_string())
+}
+
+/// The longest name `/proc/PID/comm` holds (TASK_COMM_LEN - 1).
+const TASK_COMM_MAX: usize = 15;
+
 /// Processes named `name` whose parent is not also named `name`.
 fn masters(proc_root: &Path, name: &str) -> Result<Vec<i32>, String> {
     let entries = std::fs::read_dir(proc_root)
@@ -194,6 +214,21 @@ mod tests {
         }
         std::fs::create_dir(d.path().join("self")).unwrap();
         d
+    }
+
+    #[test]
+    fn process_names_are_compared_as_comm_holds_them() {
+        assert_eq!(comm_name("nginx").unwrap(), "nginx");
+        assert_eq!(comm_name("/usr/sbin/nginx").unwrap(), "nginx");
+        assert_eq!(
+            comm_name("my-legacy-app-server").unwrap(),
+            "my-legacy-app-s"
+        );
+        assert!(comm_name("").is_err());
+        assert!(comm_name("/usr/sbin/").is_err());
+        let d = fake_proc(&[(40, "my-legacy-app-s", 1)]);
+        let name = comm_name("my-legacy-app-server").unwrap();
+        assert_eq!(masters(d.path(), &name).unwrap(), vec![40]);
     }
 
     #[test]

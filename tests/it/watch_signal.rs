@@ -87,6 +87,9 @@ fn signal_usage_errors_exit_2() {
             .code(),
         Some(2)
     );
+    let no_name = run(&["--process-name", "/usr/sbin/"]);
+    assert_eq!(no_name.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_name.stderr).contains("--process-name"));
 }
 
 #[test]
