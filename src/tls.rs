@@ -223,7 +223,7 @@ impl ServerCertVerifier for PinnedServer {
         if self.pins == Pins::default() {
             return Ok(verified);
         }
-        let sans = crate::proxy::identity::PeerIdentity::from_der(end_entity).ok_or(
+        let (dns, uri) = crate::proxy::identity::sans_from_der(end_entity).ok_or(
             rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
         )?;
         // DNS names compare case-insensitively (RFC 4343), URIs exactly.
@@ -240,11 +240,7 @@ impl ServerCertVerifier for PinnedServer {
                     value: value.clone(),
                 })
         };
-        match missing("DNS", &self.pins.dns, &sans.dns).or(missing(
-            "URI",
-            &self.pins.uri,
-            &sans.uri,
-        )) {
+        match missing("DNS", &self.pins.dns, &dns).or(missing("URI", &self.pins.uri, &uri)) {
             None => Ok(verified),
             Some(m) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                 OtherError(Arc::new(m)),
