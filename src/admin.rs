@@ -1,10 +1,13 @@
 //! The admin endpoint (SPEC "Admin endpoint"), plain HTTP/1.1: `/healthz`, `/readyz`, `/status`
 //! (JSON) and `/metrics` (Prometheus text). It reads the stores and the metrics registry; it
-//! never changes them.
+//! never changes them. Unauthenticated clients can reach it, so a flood of connections must
+//! not keep probes out: see [`MAX_ADMIN_CONNECTIONS`].
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -16,7 +19,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -30,6 +32,15 @@ pub struct AdminState {
     pub stores: Vec<Arc<Store>>,
     pub metrics: Arc<Metrics>,
     pub listeners: Vec<Arc<ListenerStats>>,
+    /// Set when shutdown starts: not ready while draining.
+    pub draining: AtomicBool,
+}
+
+impl AdminState {
+    /// From now on `/readyz` answers 503: the process is shutting down.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Binds `addr`; the caller reports a bind failure as a usage/runtime error.
@@ -39,20 +50,49 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Probes and scrapers need few connections; more wait in the backlog.
-const MAX_ADMIN_CONNECTIONS: usize = 64;
-/// A client that sends no complete request headers within this time is dropped.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Admin connections are short-lived; one left idle longer than this is closed.
-const ADMIN_IDLE: Duration = Duration::from_secs(60);
+/// Open admin connections at most. When all are taken, a new connection closes the oldest: a
+/// client that opens connections and sends nothing (or floods the port) cannot keep kubelet's
+/// probes out, since a probe sends its request at once and is answered in well under a
+/// millisecond, long before this many newer connections could push it out.
+pub const MAX_ADMIN_CONNECTIONS: usize = 128;
+/// A client that sends no complete request headers within this time is dropped (idle
+/// keep-alive connections too: probes and scrapers send at once).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// No admin connection lives longer than this.
+const ADMIN_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Open admin connections, oldest first, each with the token that closes it.
+#[derive(Default)]
+struct Slots {
+    next: u64,
+    open: VecDeque<(u64, CancellationToken)>,
+}
+
+impl Slots {
+    /// Registers a new connection, closing the oldest if every slot is taken.
+    fn admit(&mut self) -> (u64, CancellationToken) {
+        if self.open.len() >= MAX_ADMIN_CONNECTIONS {
+            if let Some((_, oldest)) = self.open.pop_front() {
+                oldest.cancel();
+            }
+        }
+        self.next += 1;
+        let token = CancellationToken::new();
+        self.open.push_back((self.next, token.clone()));
+        (self.next, token)
+    }
+
+    fn release(&mut self, id: u64) {
+        if let Some(i) = self.open.iter().position(|(i, _)| *i == id) {
+            self.open.remove(i);
+        }
+    }
+}
 
 /// Serves until `cancel`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let slots = Arc::new(Mutex::new(Slots::default()));
     loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -65,9 +105,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: Cancel
                 }
             },
         };
-        let state = state.clone();
+        // The admin path only; never taken on a proxied connection.
+        let (id, evicted) = lock(&slots).admit();
+        let (state, slots) = (state.clone(), slots.clone());
         tokio::spawn(async move {
-            let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&state, &req)) }
@@ -76,13 +117,22 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: Cancel
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc);
-            match tokio::time::timeout(ADMIN_IDLE, conn).await {
-                Ok(Err(e)) => debug!(%peer, error = %e, "admin connection ended with an error"),
-                Err(_) => debug!(%peer, "admin connection closed after {ADMIN_IDLE:?}"),
-                Ok(Ok(())) => {}
+            tokio::select! {
+                r = tokio::time::timeout(ADMIN_MAX_AGE, conn) => match r {
+                    Ok(Err(e)) => debug!(%peer, error = %e, "admin connection ended with an error"),
+                    Err(_) => debug!(%peer, "admin connection closed after {ADMIN_MAX_AGE:?}"),
+                    Ok(Ok(())) => {}
+                },
+                _ = evicted.cancelled() => debug!(%peer, "admin connection closed to make room for a newer one"),
             }
+            lock(&slots).release(id);
         });
     }
+}
+
+fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    // Slots stays consistent even if a holder panicked (each step is one push or pop).
+    slots.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -136,6 +186,9 @@ fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// `None` when every set serves valid, unexpired credentials; otherwise why not.
 pub fn not_ready(state: &AdminState) -> Option<String> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Some("shutting down: draining open connections".into());
+    }
     let now = OffsetDateTime::now_utc();
     let reasons: Vec<String> = state
         .stores

@@ -1,13 +1,14 @@
 //! Wiring: builds the stages of a long-running subcommand (store, watcher, reload task, then
 //! actions for `watch` or a TLS listener for `server`/`client`, and the admin endpoint), owns their tasks,
-//! and shuts them down on SIGTERM/SIGINT. The only module that knows every stage.
+//! and shuts them down on SIGTERM/SIGINT. Signal handlers are installed before anything else
+//! (see [`crate::signals`]): SIGHUP asks the reload task for a re-read, a SIGTERM that arrives
+//! during start-up drains like a later one. The only module that knows every stage.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,12 +22,14 @@ use crate::creds::store::Store;
 use crate::metrics::Metrics;
 use crate::proxy::authz::Allow;
 use crate::proxy::inbound::Inbound;
+use crate::proxy::io::UpstreamSlots;
 use crate::proxy::listener::{self, Handler, Shared};
 use crate::proxy::outbound::{Origin, Outbound, Remote};
 use crate::proxy::{self, ListenerConfig, ListenerMetrics, ListenerStats, Protocol, Slot};
 use crate::reload::{self, SetConfig};
+use crate::signals::{Received, Signals};
 use crate::tls::{self, Pins};
-use crate::watch::{self, WatchConfig};
+use crate::watch::{self, Trigger, WatchConfig};
 
 /// How credentials are watched, for every long-running subcommand.
 #[derive(Clone, Debug)]
@@ -78,17 +81,33 @@ pub struct ClientPlan {
 /// The running credential pipeline of one set.
 struct Core {
     cancel: CancellationToken,
+    /// Cancelled by SIGTERM/SIGINT.
+    shutdown: CancellationToken,
     metrics: Arc<Metrics>,
     store: Arc<Store>,
+    admin: Arc<AdminState>,
     tasks: JoinSet<()>,
 }
 
-fn start_core(plan: &CorePlan) -> Core {
+fn start_core(plan: &CorePlan, signals: Signals) -> Core {
     let cancel = CancellationToken::new();
+    let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     let store = Store::new(plan.set.name.clone(), metrics.clone());
+    let admin = Arc::new(AdminState {
+        stores: vec![store.clone()],
+        metrics: metrics.clone(),
+        listeners: Vec::new(),
+        draining: AtomicBool::new(false),
+    });
     let mut tasks = JoinSet::new();
     let (tx, rx) = mpsc::channel(1);
+    tasks.spawn(handle_signals(
+        signals,
+        vec![tx.clone()],
+        shutdown.clone(),
+        cancel.clone(),
+    ));
     let watch_cfg = WatchConfig {
         dirs: watched_dirs(&plan.set),
         debounce: plan.debounce,
@@ -103,8 +122,10 @@ fn start_core(plan: &CorePlan) -> Core {
     ));
     Core {
         cancel,
+        shutdown,
         metrics,
         store,
+        admin,
         tasks,
     }
 }
@@ -124,10 +145,12 @@ impl Core {
             )
         })?;
         let state = Arc::new(AdminState {
-            stores: vec![self.store.clone()],
+            stores: self.admin.stores.clone(),
             metrics: self.metrics.clone(),
             listeners,
+            draining: AtomicBool::new(false),
         });
+        self.admin = state.clone();
         self.tasks
             .spawn(admin::serve(socket, state, self.cancel.clone()));
         Ok(())
@@ -137,7 +160,11 @@ impl Core {
     /// reload any more, so exit non-zero and let Kubernetes restart the container).
     async fn wait_for_shutdown(&mut self) -> anyhow::Result<()> {
         tokio::select! {
-            r = wait_for_shutdown_signal() => r,
+            _ = self.shutdown.cancelled() => {
+                // Not ready from now on, while open connections drain.
+                self.admin.start_draining();
+                Ok(())
+            }
             Some(ended) = self.tasks.join_next() => {
                 self.cancel.cancel();
                 Err(anyhow::anyhow!("an internal task stopped unexpectedly ({ended:?}); exiting so the container is restarted"))
@@ -153,7 +180,8 @@ impl Core {
 
 /// Runs `watch` until SIGTERM or SIGINT; Ok means a clean shutdown (exit 0).
 pub async fn run_watch(plan: WatchPlan) -> anyhow::Result<()> {
-    let mut core = start_core(&plan.core);
+    let signals = install_signals()?;
+    let mut core = start_core(&plan.core, signals);
     core.start_admin(plan.core.admin, Vec::new()).await?;
     core.tasks.spawn(actions::run(
         core.store.clone(),
@@ -170,8 +198,9 @@ pub async fn run_watch(plan: WatchPlan) -> anyhow::Result<()> {
 
 /// Runs `server` until SIGTERM or SIGINT, then drains for up to the grace period.
 pub async fn run_server(plan: ServerPlan) -> anyhow::Result<()> {
+    let signals = install_signals()?;
     let cfg = plan.listener;
-    let (socket, mut core, shared) = start_listener(cfg, &plan.core).await?;
+    let (socket, mut core, shared) = start_listener(cfg, &plan.core, signals).await?;
     let tls: Arc<Slot<rustls::ServerConfig>> = Arc::new(Slot::empty());
     let alpn: Vec<&'static [u8]> = match shared.cfg.protocol {
         Protocol::Http => vec![b"h2", b"http/1.1"],
@@ -185,8 +214,13 @@ pub async fn run_server(plan: ServerPlan) -> anyhow::Result<()> {
         core.cancel.clone(),
     ));
     let handler = Inbound {
-        http: (shared.cfg.protocol == Protocol::Http)
-            .then(|| proxy::http::Proxy::new(&shared.cfg.target, shared.cfg.connect_timeout)),
+        http: (shared.cfg.protocol == Protocol::Http).then(|| {
+            proxy::http::Proxy::new(
+                &shared.cfg.target,
+                shared.cfg.connect_timeout,
+                shared.upstream.clone(),
+            )
+        }),
         allow: plan.allow,
         tls,
         shared,
@@ -196,7 +230,8 @@ pub async fn run_server(plan: ServerPlan) -> anyhow::Result<()> {
 
 /// Runs `client` until SIGTERM or SIGINT, then drains for up to the grace period.
 pub async fn run_client(plan: ClientPlan) -> anyhow::Result<()> {
-    let (socket, mut core, shared) = start_listener(plan.listener, &plan.core).await?;
+    let signals = install_signals()?;
+    let (socket, mut core, shared) = start_listener(plan.listener, &plan.core, signals).await?;
     let origin: Arc<Slot<Origin>> = Arc::new(Slot::empty());
     let remote = Arc::new(plan.remote);
     let http = shared.cfg.protocol == Protocol::Http;
@@ -212,6 +247,7 @@ pub async fn run_client(plan: ClientPlan) -> anyhow::Result<()> {
             cfg: shared.cfg.clone(),
             metrics: shared.metrics.clone(),
             stats: shared.stats.clone(),
+            upstream: shared.upstream.clone(),
         };
         move |p: &crate::creds::store::Published| {
             let cfg = tls::client_config(&p.bundle, min_tls, &alpn, &pins)?;
@@ -243,6 +279,7 @@ pub async fn run_client(plan: ClientPlan) -> anyhow::Result<()> {
 async fn start_listener(
     cfg: ListenerConfig,
     plan: &CorePlan,
+    signals: Signals,
 ) -> anyhow::Result<(tokio::net::TcpListener, Core, Shared)> {
     let (socket, address) = listener::bind(&cfg).await.with_context(|| {
         format!(
@@ -250,16 +287,24 @@ async fn start_listener(
             cfg.listen
         )
     })?;
-    let mut core = start_core(plan);
+    let mut core = start_core(plan, signals);
     let stats = Arc::new(ListenerStats {
         name: cfg.name.clone(),
         address,
         active: AtomicI64::new(0),
     });
     core.start_admin(plan.admin, vec![stats.clone()]).await?;
+    let metrics = ListenerMetrics::new(core.metrics.clone(), &cfg.name);
+    let cap = (cfg.protocol == Protocol::Http).then_some(cfg.max_upstream_connections);
+    let upstream = Arc::new(UpstreamSlots::new(
+        cap,
+        cfg.connect_timeout,
+        metrics.upstream_active.clone(),
+    ));
     let shared = Shared {
-        metrics: ListenerMetrics::new(core.metrics.clone(), &cfg.name),
+        metrics,
         stats,
+        upstream,
         cfg,
     };
     Ok((socket, core, shared))
@@ -316,12 +361,41 @@ fn watched_dirs(set: &SetConfig) -> Vec<std::path::PathBuf> {
     dirs
 }
 
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+fn install_signals() -> anyhow::Result<Signals> {
+    Signals::install().context("installing the signal handlers")
+}
+
+/// Acts on signals until `cancel`: the first SIGTERM/SIGINT cancels `shutdown`, SIGHUP asks
+/// every set's reload task for a re-read, the others are logged and ignored.
+async fn handle_signals(
+    mut signals: Signals,
+    reloads: Vec<mpsc::Sender<Trigger>>,
+    shutdown: CancellationToken,
+    cancel: CancellationToken,
+) {
+    loop {
+        let received = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = signals.next() => r,
+        };
+        match received {
+            Received::Shutdown(s) if shutdown.is_cancelled() => {
+                info!(signal = %s, "signal received; already shutting down")
+            }
+            Received::Shutdown(s) => {
+                info!(signal = %s, "signal received; shutting down");
+                shutdown.cancel();
+            }
+            Received::Reload(s) => {
+                info!(signal = %s, "signal received; re-reading the credentials");
+                for tx in &reloads {
+                    // A full channel means a reload is already pending: that one reads anew.
+                    let _ = tx.try_send(Trigger::Signal);
+                }
+            }
+            Received::Ignored(s) => {
+                warn!(signal = %s, "signal ignored (SIGTERM or SIGINT stop, SIGHUP re-reads the credentials)")
+            }
+        }
     }
-    Ok(())
 }

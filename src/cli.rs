@@ -316,6 +316,15 @@ pub struct ConnArgs {
         default_value_t = 10_000
     )]
     pub max_connections: usize,
+    /// http mode: upstream connections open at most; a request that finds them all busy waits
+    /// up to --connect-timeout for one, then gets 503.
+    #[arg(
+        long,
+        env = "MTLS_SIDECAR_MAX_UPSTREAM_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 1024
+    )]
+    pub max_upstream_connections: usize,
     /// Close connections gracefully once this old, so clients re-handshake with current credentials (default: off).
     #[arg(long, env = "MTLS_SIDECAR_MAX_CONNECTION_AGE", value_name = "DURATION", value_parser = parse_duration)]
     pub max_connection_age: Option<Duration>,

@@ -4,7 +4,9 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+use tracing::warn;
 use tracing_subscriber::EnvFilter;
 
 use mtls_sidecar::actions::signal::{comm_name, parse_signal, SignalAction, SignalTarget};
@@ -12,23 +14,42 @@ use mtls_sidecar::actions::stage::StageAction;
 use mtls_sidecar::actions::verify::VerifyAction;
 use mtls_sidecar::actions::webhook::WebhookAction;
 use mtls_sidecar::actions::{exec::ExecAction, Action, Pacing};
+use mtls_sidecar::admin::MAX_ADMIN_CONNECTIONS;
 use mtls_sidecar::app::{self, ClientPlan, CorePlan, ServerPlan, WatchPlan};
 use mtls_sidecar::cli::{
-    non_empty, Cli, ClientArgs, Command, ConnArgs, LogFormat, ServerArgs, WatchArgs,
+    non_empty, Cli, ClientArgs, Command, ConnArgs, Listen, LogFormat, ServerArgs, WatchArgs,
 };
 use mtls_sidecar::creds::validate::Usage;
+use mtls_sidecar::limits::{self, ConnLimits, Fit};
 use mtls_sidecar::proxy::authz::Allow;
 use mtls_sidecar::proxy::outbound::Remote;
 use mtls_sidecar::proxy::{ListenerConfig, Protocol, Target};
 use mtls_sidecar::reload::SetConfig;
+use mtls_sidecar::signals;
 use mtls_sidecar::tls::Pins;
 use rustls::pki_types::ServerName;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if !matches!(cli.command, Command::Check(_)) {
+        // Before any thread exists: a signal during start-up waits for its handler.
+        if let Err(e) = signals::block() {
+            return runtime_error(&anyhow::anyhow!("blocking signals during start-up: {e}"));
+        }
+    }
     if let Err(msg) = init_tracing(cli.log_format, cli.log_level.as_deref()) {
         return usage_error(&msg);
     }
+    // Whether a flag of the subcommand was set (command line or environment), not defaulted.
+    let chosen = |id: &str| {
+        matches
+            .subcommand()
+            .and_then(|(_, m)| m.value_source(id))
+            .is_some_and(|s| s != ValueSource::DefaultValue)
+    };
+    let conn_limits_chosen = matches!(cli.command, Command::Server(_) | Command::Client(_))
+        && (chosen("max_connections") || chosen("max_upstream_connections"));
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let code = match &cli.command {
@@ -40,14 +61,14 @@ fn main() -> ExitCode {
                 Err(e) => runtime_error(&anyhow::Error::from(e)),
             },
         },
-        Command::Server(args) => match server_plan(args) {
+        Command::Server(args) => match server_plan(args, conn_limits_chosen) {
             Err(msg) => usage_error(&msg),
             Ok(plan) => match run_async(app::run_server(plan)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => runtime_error(&e),
             },
         },
-        Command::Client(args) => match client_plan(args) {
+        Command::Client(args) => match client_plan(args, conn_limits_chosen) {
             Err(msg) => usage_error(&msg),
             Ok(plan) => match run_async(app::run_client(plan)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -149,7 +170,7 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
     })
 }
 
-fn server_plan(args: &ServerArgs) -> Result<ServerPlan, String> {
+fn server_plan(args: &ServerArgs, limits_chosen: bool) -> Result<ServerPlan, String> {
     let paths = args.creds.paths().map_err(|e| e.to_string())?;
     let target = Target::parse(&args.target).map_err(|e| format!("--target: {e}"))?;
     let allow = Allow {
@@ -170,13 +191,20 @@ fn server_plan(args: &ServerArgs) -> Result<ServerPlan, String> {
     };
     Ok(ServerPlan {
         core: CorePlan::new(set, &args.reload, args.admin.admin_listen),
-        listener: listener_config("server", args.listen, target, args.protocol, &args.conn)?,
+        listener: listener_config(
+            "server",
+            args.listen,
+            target,
+            args.protocol,
+            &args.conn,
+            (limits_chosen, args.admin.admin_listen),
+        )?,
         allow,
         shutdown_grace: args.conn.shutdown_grace,
     })
 }
 
-fn client_plan(args: &ClientArgs) -> Result<ClientPlan, String> {
+fn client_plan(args: &ClientArgs, limits_chosen: bool) -> Result<ClientPlan, String> {
     let paths = args.creds.paths().map_err(|e| e.to_string())?;
     if !args.listen.ip().is_loopback() && !args.unsafe_listen {
         return Err(format!(
@@ -220,7 +248,14 @@ fn client_plan(args: &ClientArgs) -> Result<ClientPlan, String> {
     };
     Ok(ClientPlan {
         core: CorePlan::new(set, &args.reload, args.admin.admin_listen),
-        listener: listener_config("client", args.listen, target, args.protocol, &args.conn)?,
+        listener: listener_config(
+            "client",
+            args.listen,
+            target,
+            args.protocol,
+            &args.conn,
+            (limits_chosen, args.admin.admin_listen),
+        )?,
         remote: Remote {
             addr,
             server_name,
@@ -234,16 +269,23 @@ fn client_plan(args: &ClientArgs) -> Result<ClientPlan, String> {
     })
 }
 
+/// `budget`: whether the user chose the connection limits, and the admin endpoint (whose
+/// connections count against the file-descriptor limit too).
 fn listener_config(
     name: &str,
     listen: std::net::SocketAddr,
     target: Target,
     protocol: Protocol,
     conn: &ConnArgs,
+    budget: (bool, Listen),
 ) -> Result<ListenerConfig, String> {
     if conn.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
+    if conn.max_upstream_connections == 0 {
+        return Err("--max-upstream-connections must be at least 1".into());
+    }
+    let limits = fit_fd_limit(protocol, conn, budget.0, budget.1)?;
     Ok(ListenerConfig {
         name: name.into(),
         listen,
@@ -253,9 +295,53 @@ fn listener_config(
         handshake_timeout: conn.handshake_timeout,
         connect_timeout: conn.connect_timeout,
         idle_timeout: conn.idle_timeout,
-        max_connections: conn.max_connections,
+        max_connections: limits.max_connections,
+        max_upstream_connections: limits.max_upstream_connections,
         max_connection_age: conn.max_connection_age.filter(|d| !d.is_zero()),
     })
+}
+
+/// Raises the open-file limit and checks the connection limits against it (see `limits`).
+fn fit_fd_limit(
+    protocol: Protocol,
+    conn: &ConnArgs,
+    chosen: bool,
+    admin: Listen,
+) -> Result<ConnLimits, String> {
+    let requested = ConnLimits {
+        max_connections: conn.max_connections,
+        max_upstream_connections: conn.max_upstream_connections,
+    };
+    let nofile = match limits::raise_nofile() {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(error = %e, "cannot read or raise the open-file limit (RLIMIT_NOFILE); not checking the connection limits against it");
+            return Ok(requested);
+        }
+    };
+    let admin = match admin {
+        Listen::On(_) => MAX_ADMIN_CONNECTIONS as u64,
+        Listen::Off => 0,
+    };
+    let flags = match protocol {
+        Protocol::Tcp => "--max-connections",
+        Protocol::Http => "--max-connections and --max-upstream-connections",
+    };
+    match limits::fit(protocol, requested, chosen, admin, nofile) {
+        Fit::Fits => Ok(requested),
+        Fit::Lowered(l) => {
+            warn!(
+                nofile,
+                max_connections = l.max_connections,
+                max_upstream_connections = l.max_upstream_connections,
+                "the open-file limit (RLIMIT_NOFILE) is too low for the default {flags}; using lower limits (raise the container's nofile limit to keep the defaults)"
+            );
+            Ok(l)
+        }
+        Fit::TooSmall { needed, available } => Err(format!(
+            "{flags} need about {needed} file descriptors, but this process may open only {available} (RLIMIT_NOFILE, already raised to its hard limit): raise the container's nofile limit (ulimit -n), or lower {flags}"
+        )),
+    }
 }
 
 fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> anyhow::Result<()> {
@@ -271,13 +357,20 @@ fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> any
 }
 
 fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("error: {msg}\n\nFor more information, try '--help'.");
+    say(&format!(
+        "error: {msg}\n\nFor more information, try '--help'.\n"
+    ));
     ExitCode::from(2)
 }
 
 fn runtime_error(err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {err:#}");
+    say(&format!("error: {err:#}\n"));
     ExitCode::from(1)
+}
+
+/// Writes to stderr; a closed stderr is not worth a panic (eprintln! would panic).
+fn say(msg: &str) {
+    let _ = std::io::stderr().write_all(msg.as_bytes());
 }
 
 fn init_tracing(format: LogFormat, level: Option<&str>) -> Result<(), String> {
@@ -289,6 +382,9 @@ fn init_tracing(format: LogFormat, level: Option<&str>) -> Result<(), String> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // A log line that cannot be written (stderr is a closed pipe) is dropped: reporting
+        // that on stderr too would panic, and logging must never stop the process.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {

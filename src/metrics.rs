@@ -85,6 +85,7 @@ pub struct Metrics {
     pub handshake_failures: Family<ListenerReasonLabels, Counter>,
     pub authz_denied: Family<ListenerLabels, Counter>,
     pub upstream_failures: Family<ListenerLabels, Counter>,
+    pub upstream_active: Family<ListenerLabels, Gauge>,
     pub http_requests: Family<ListenerCodeLabels, Counter>,
     pub http_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
 }
@@ -104,6 +105,7 @@ impl Metrics {
             handshake_failures: Family::default(),
             authz_denied: Family::default(),
             upstream_failures: Family::default(),
+            upstream_active: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(duration_histogram),
             registry: Registry::default(),
@@ -162,6 +164,11 @@ impl Metrics {
             "upstream_failures",
             "Upstream connections or requests that failed (refused, timed out, reset)",
             m.upstream_failures.clone(),
+        );
+        registry.register(
+            "upstream_connections_active",
+            "Open connections to the upstream (capped per listener in http mode)",
+            m.upstream_active.clone(),
         );
         registry.register(
             "http_requests",

@@ -3,7 +3,8 @@
 //! Transient states (a cert/key pair or a CA from volumes updated at different moments, a file
 //! being rewritten in place) are retried briefly before they count as a failure. A certificate
 //! refused as not yet valid (a node clock a little behind the issuer's) is checked again when
-//! its validity starts, without waiting for a file event or the next poll.
+//! its validity starts, and a read that failed for want of a system resource (EMFILE, ENOMEM)
+//! again with backoff, without waiting for a file event or the next poll (which may be off).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -36,6 +37,22 @@ const RETRY_DELAYS: [Duration; 4] = [
     Duration::from_millis(800),
 ];
 
+/// Pauses before reading again after the system ran short of a resource: doubling from the
+/// first, never longer than the last.
+const EXHAUSTED_FIRST: Duration = Duration::from_secs(1);
+const EXHAUSTED_MAX: Duration = Duration::from_secs(30);
+
+/// What the reload task does after one reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing until the next trigger.
+    Wait,
+    /// Check again when this refused certificate becomes valid.
+    ValidFrom(SystemTime),
+    /// The system ran short of a resource: read again after a backoff.
+    Retry,
+}
+
 /// The longest single wait for a not-yet-valid certificate (then it is checked, and scheduled
 /// again if still early).
 const MAX_VALIDITY_WAIT: Duration = Duration::from_secs(24 * 3600);
@@ -48,6 +65,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut recheck: Option<tokio::time::Instant> = None;
+    let mut backoff = EXHAUSTED_FIRST;
     loop {
         let due = async {
             match recheck {
@@ -61,22 +79,36 @@ pub async fn run(
                 Some(trigger) => debug!(set = %set.name, ?trigger, "reload triggered"),
                 None => return,
             },
-            () = due => debug!(set = %set.name, "re-checking a certificate whose validity has started"),
+            () = due => debug!(set = %set.name, "reading again as scheduled"),
         }
-        recheck = tokio::select! {
+        let next = tokio::select! {
             _ = cancel.cancelled() => return,
-            valid_from = reload_once(&set, &store) => valid_from.map(|t| {
-                // A second late, so the check does not land just before not_before.
-                let wait = t.duration_since(SystemTime::now()).unwrap_or_default();
-                tokio::time::Instant::now() + wait.min(MAX_VALIDITY_WAIT) + Duration::from_secs(1)
-            }),
+            next = reload_once(&set, &store) => next,
         };
+        let now = tokio::time::Instant::now();
+        recheck = match next {
+            Next::Wait => None,
+            // A second late, so the check does not land just before not_before.
+            Next::ValidFrom(t) => {
+                let wait = t.duration_since(SystemTime::now()).unwrap_or_default();
+                Some(now + wait.min(MAX_VALIDITY_WAIT) + Duration::from_secs(1))
+            }
+            Next::Retry => {
+                let at = now + backoff;
+                debug!(set = %set.name, retry_in = ?backoff, "out of a system resource; reading again later");
+                backoff = (backoff * 2).min(EXHAUSTED_MAX);
+                Some(at)
+            }
+        };
+        if next != Next::Retry {
+            backoff = EXHAUSTED_FIRST;
+        }
     }
 }
 
-/// One reload: read, dedupe, validate, publish or refuse (with brief retries). Returns when a
-/// refused certificate becomes valid, if it was refused only for being early.
-pub async fn reload_once(set: &SetConfig, store: &Store) -> Option<SystemTime> {
+/// One reload: read, dedupe, validate, publish or refuse (with brief retries). Says when to
+/// look again without a trigger, if ever.
+pub async fn reload_once(set: &SetConfig, store: &Store) -> Next {
     let mut previous_hash = None;
     for attempt in 0..=RETRY_DELAYS.len() {
         if attempt > 0 {
@@ -91,20 +123,21 @@ pub async fn reload_once(set: &SetConfig, store: &Store) -> Option<SystemTime> {
                 if is_transient_load(&e) && !last_try && store.load().is_some() {
                     continue;
                 }
+                let exhausted = e.is_exhaustion();
                 refuse_load(store, e);
-                return None;
+                return if exhausted { Next::Retry } else { Next::Wait };
             }
             // The blocking read panicked: a bug, but never a reason to stop serving.
             Err(join) => {
                 let msg =
                     format!("internal error while reading credentials (please report it): {join}");
                 store.refuse(Reason::Unreadable, msg, None);
-                return None;
+                return Next::Wait;
             }
         };
         let hash = raw.content_hash();
         if store.is_unchanged(&hash) {
-            return None;
+            return Next::Wait;
         }
         let policy = set.policy.clone();
         let checked =
@@ -112,7 +145,7 @@ pub async fn reload_once(set: &SetConfig, store: &Store) -> Option<SystemTime> {
         match checked {
             Ok(Ok(bundle)) => {
                 store.publish(bundle);
-                return None;
+                return Next::Wait;
             }
             Ok(Err(rejection)) => {
                 let e = rejection.primary();
@@ -130,16 +163,17 @@ pub async fn reload_once(set: &SetConfig, store: &Store) -> Option<SystemTime> {
                 return (e.reason() == Reason::NotYetValid)
                     .then(|| leaf.map(|l| SystemTime::from(l.not_before)))
                     .flatten()
-                    .filter(|start| *start > SystemTime::now());
+                    .filter(|start| *start > SystemTime::now())
+                    .map_or(Next::Wait, Next::ValidFrom);
             }
             Err(join) => {
                 let msg = format!("internal error while validating (please report it): {join}");
                 store.refuse(Reason::BadPem, msg, None);
-                return None;
+                return Next::Wait;
             }
         }
     }
-    None
+    Next::Wait
 }
 
 /// Files vanishing or moving may be a writer in the middle of an update.

@@ -29,6 +29,8 @@ pub enum Trigger {
     Rescan,
     Rewatch,
     Poll,
+    /// SIGHUP.
+    Signal,
 }
 
 #[derive(Clone, Debug)]

@@ -14,7 +14,8 @@ use crate::creds::load::{read_file, LoadError};
 use crate::creds::paths::{CredentialPaths, FileRole};
 use crate::creds::validate::{inspect, Parts, Policy};
 
-/// Runs the check and writes the report; returns whether the set is valid.
+/// Runs the check and writes the report; returns whether the set is valid. A reader that went
+/// away (`check ... | head -1`: a broken pipe) is not an error: the verdict stands.
 pub fn run(
     args: &CheckArgs,
     paths: &CredentialPaths,
@@ -22,14 +23,17 @@ pub fn run(
 ) -> std::io::Result<bool> {
     let policy = args.creds.policy(args.usage);
     let report = check(paths, &policy, SystemTime::now());
-    match args.output {
-        OutputFormat::Text => report::write_text(&report, out)?,
-        OutputFormat::Json => {
-            serde_json::to_writer_pretty(&mut *out, &report)?;
-            writeln!(out)?;
-        }
+    let written = match args.output {
+        OutputFormat::Text => report::write_text(&report, out),
+        OutputFormat::Json => serde_json::to_writer_pretty(&mut *out, &report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
     }
-    Ok(report.valid)
+    .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(report.valid),
+    }
 }
 
 /// Loads what it can, inspects it, and assembles the report.

@@ -100,6 +100,14 @@ pub enum LoadError {
         path: PathBuf,
         detail: String,
     },
+    /// The system is short of a resource (file descriptors, memory): the file itself is fine,
+    /// so the read is worth retrying.
+    #[error("{role} {path} cannot be read for now ({detail}); retrying", path = path.display())]
+    Exhausted {
+        role: FileRole,
+        path: PathBuf,
+        detail: String,
+    },
     #[error("{role} {path} is larger than {MAX_FILE_SIZE} bytes: this is not a PEM credential file; check what the path points at", path = path.display())]
     TooLarge { role: FileRole, path: PathBuf },
     #[error("{path} kept changing while being read ({attempts} attempts, the volume's ..data moved each time); will retry on the next change", path = path.display())]
@@ -107,10 +115,15 @@ pub enum LoadError {
 }
 
 impl LoadError {
+    /// True if reading again later may succeed although nothing changes on disk.
+    pub fn is_exhaustion(&self) -> bool {
+        matches!(self, LoadError::Exhausted { .. })
+    }
+
     pub fn reason(&self) -> Reason {
         match self {
             LoadError::Missing { .. } => Reason::MissingFile,
-            LoadError::Unreadable { .. } => Reason::Unreadable,
+            LoadError::Unreadable { .. } | LoadError::Exhausted { .. } => Reason::Unreadable,
             LoadError::TooLarge { .. } => Reason::TooLarge,
             LoadError::Inconsistent { .. } => Reason::InconsistentSnapshot,
         }
@@ -121,6 +134,7 @@ impl LoadError {
         match &mut self {
             LoadError::Missing { path, .. }
             | LoadError::Unreadable { path, .. }
+            | LoadError::Exhausted { path, .. }
             | LoadError::TooLarge { path, .. }
             | LoadError::Inconsistent { path, .. } => *path = user_path.to_path_buf(),
         }
@@ -131,6 +145,7 @@ impl LoadError {
         match self {
             LoadError::Missing { path, .. }
             | LoadError::Unreadable { path, .. }
+            | LoadError::Exhausted { path, .. }
             | LoadError::TooLarge { path, .. }
             | LoadError::Inconsistent { path, .. } => path,
         }
@@ -200,6 +215,23 @@ fn classify_io(role: FileRole, path: &Path, e: io::Error) -> LoadError {
                 detail:
                     "symlink loop (too many levels of symbolic links); fix the links in the volume"
                         .into(),
+            };
+        }
+        Some(code)
+            if [
+                nix::libc::EMFILE,
+                nix::libc::ENFILE,
+                nix::libc::ENOMEM,
+                nix::libc::ENOBUFS,
+                nix::libc::EAGAIN,
+                nix::libc::EINTR,
+            ]
+            .contains(&code) =>
+        {
+            return LoadError::Exhausted {
+                role,
+                path,
+                detail: e.to_string(),
             };
         }
         Some(code) if code == nix::libc::EACCES => {

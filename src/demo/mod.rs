@@ -71,33 +71,24 @@ pub async fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
         Listen::Off => Listen::Off,
     };
     let d = dir.display();
-    writeln!(
-        out,
-        "demo PKI in {d} (kubelet layout: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>)"
-    )?;
-    writeln!(
-        out,
-        "plaintext app on http://{upstream_addr}, mTLS in front of it on https://{listen}"
-    )?;
-    writeln!(
-        out,
-        "\ncall it like a client pod would (paste into another terminal):\n"
-    )?;
-    writeln!(
-        out,
-        "  curl --cert {d}/client/tls.crt --key {d}/client/tls.key --cacert {d}/client/ca.crt https://localhost:{}/\n",
-        listen.port()
-    )?;
-    writeln!(out, "without a client certificate the handshake is refused:\n\n  curl --cacert {d}/client/ca.crt https://localhost:{}/\n", listen.port())?;
-    match admin {
-        Listen::On(a) => writeln!(
-            out,
-            "status and metrics: curl http://{a}/status   curl http://{a}/metrics\n"
-        )?,
-        Listen::Off => {}
+    let port = listen.port();
+    let mut text = format!(
+        "demo PKI in {d} (kubelet layout: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>)\n\
+         plaintext app on http://{upstream_addr}, mTLS in front of it on https://{listen}\n\
+         \ncall it like a client pod would (paste into another terminal):\n\n\
+         \x20 curl --cert {d}/client/tls.crt --key {d}/client/tls.key --cacert {d}/client/ca.crt https://localhost:{port}/\n\n\
+         without a client certificate the handshake is refused:\n\n\
+         \x20 curl --cacert {d}/client/ca.crt https://localhost:{port}/\n\n"
+    );
+    if let Listen::On(a) = admin {
+        text.push_str(&format!(
+            "status and metrics: curl http://{a}/status   curl http://{a}/metrics\n\n"
+        ));
     }
-    writeln!(out, "the server certificate is renewed every {:?}: watch the serial change in the log below. Ctrl-C stops.\n", args.rotate_every)?;
-    out.flush()?;
+    text.push_str(&format!("the server certificate is renewed every {:?}: watch the serial change in the log below. Ctrl-C stops.\n\n", args.rotate_every));
+    // A closed stdout (`demo | head -3`) must not stop the demo: the instructions are a
+    // courtesy, the server is the job.
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 
     if !args.rotate_every.is_zero() {
         let server_dir = dir.join("server");
@@ -141,6 +132,7 @@ pub async fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
             max_connections: 1000,
+            max_upstream_connections: 100,
             max_connection_age: None,
         },
         allow: Allow {

@@ -1,7 +1,8 @@
 //! `server --protocol http`: requests on the TLS connection (HTTP/1.1 keep-alive, or HTTP/2 when
 //! ALPN chose `h2`; lifecycle in `http_conn`) are forwarded to the target through a pooled client (HTTP/2 prior knowledge for
-//! gRPC, HTTP/1.1 otherwise). Client-sent identity headers are removed and ours added: the
-//! upstream can trust `X-Client-*`. Upstream errors become 502, an upstream slower than
+//! gRPC, HTTP/1.1 otherwise). Client-sent identity headers are removed (`headers`) and ours
+//! added: the upstream can trust `X-Client-*`. Malformed requests (Host headers, a body that
+//! fails) are the client's: 400. Upstream errors become 502, an upstream slower than
 //! `--idle-timeout` 504; neither ever hangs the client.
 
 use std::net::SocketAddr;
@@ -16,39 +17,26 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
+use super::chain::{error_chain, find_in_chain};
+use super::headers::{check_host, strip_protected};
 use super::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
 use super::identity::PeerIdentity;
 use super::inbound::Inbound;
-use super::io::{connect, Activity, TouchBody, Upstream};
+use super::io::{connect, Activity, Slotted, TouchBody, Upstream, UpstreamBusy, UpstreamSlots};
 use super::Target;
-
-/// Identity and forwarding headers we set or vouch for; any copy a client sends is dropped first.
-/// `X-Real-IP` and `X-Forwarded-Host`/`-Port` are not ours to set, but apps trust them like
-/// `X-Forwarded-For`, so a client must not be able to send them either.
-const IDENTITY_HEADERS: [&str; 10] = [
-    "forwarded",
-    "x-client-cert",
-    "x-client-dn",
-    "x-client-verify",
-    "x-forwarded-client-cert",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-proto",
-    "x-real-ip",
-];
 
 /// Opens upstream connections for the pooled client.
 #[derive(Clone)]
 pub struct Connector {
     target: Target,
     timeout: Duration,
+    slots: Arc<UpstreamSlots>,
 }
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<Upstream>;
+    type Response = TokioIo<Slotted<Upstream>>;
     type Error = std::io::Error;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
@@ -62,8 +50,12 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let (target, timeout) = (self.target.clone(), self.timeout);
-        Box::pin(async move { connect(&target, timeout).await.map(TokioIo::new) })
+        let (target, timeout, slots) = (self.target.clone(), self.timeout, self.slots.clone());
+        Box::pin(async move {
+            let slot = slots.acquire().await.map_err(std::io::Error::other)?;
+            let upstream = connect(&target, timeout).await?;
+            Ok(TokioIo::new(Slotted::new(upstream, slot)))
+        })
     }
 }
 
@@ -75,10 +67,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(target: &Target, connect_timeout: Duration) -> Self {
+    pub fn new(target: &Target, connect_timeout: Duration, slots: Arc<UpstreamSlots>) -> Self {
         let connector = Connector {
             target: target.clone(),
             timeout: connect_timeout,
+            slots,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -161,6 +154,9 @@ async fn forward(
             "CONNECT is not supported: this is a reverse proxy",
         );
     }
+    if let Err(e) = check_host(&req) {
+        return short(StatusCode::BAD_REQUEST, &format!("bad request: {e}"));
+    }
     let inbound_authority = req.uri().authority().map(|a| a.to_string());
     let path = req
         .uri()
@@ -175,9 +171,8 @@ async fn forward(
             .is_some_and(|ct| ct.starts_with("application/grpc"));
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    for name in IDENTITY_HEADERS {
-        headers.remove(name);
-    }
+    // Before ours are added: a client cannot send any of them, in any spelling.
+    strip_protected(headers);
     if !headers.contains_key(header::HOST) {
         if let Some(Ok(host)) = inbound_authority.map(|a| HeaderValue::from_str(&a)) {
             headers.insert(header::HOST, host);
@@ -210,7 +205,21 @@ async fn forward(
     };
     match outcome {
         Ok(Ok(resp)) => relay_response(resp),
+        Ok(Err(e)) if waiting.body_failed() => {
+            info!(listener = %ctx.shared.cfg.name, %peer, error = %error_chain(&e), "the client's request body failed; answering 400");
+            short(
+                StatusCode::BAD_REQUEST,
+                "bad request: the request body is malformed or was cut short",
+            )
+        }
         Ok(Err(e)) => {
+            if let Some(busy) = find_in_chain::<UpstreamBusy>(&e) {
+                warn!(listener = %ctx.shared.cfg.name, target = %ctx.shared.cfg.target, error = %busy, "upstream connection limit reached; answering 503");
+                return short(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service unavailable: too many requests in progress; try again",
+                );
+            }
             ctx.shared.metrics.upstream_failures.inc();
             warn!(listener = %ctx.shared.cfg.name, target = %ctx.shared.cfg.target, error = %e, "upstream request failed");
             short(

@@ -2,11 +2,22 @@
 //! keep-alive, or HTTP/2 by ALPN or prior knowledge) running a request handler until the
 //! connection ends, the client idles past `--idle-timeout`, it reaches `--max-connection-age`,
 //! or shutdown starts. The last three close gracefully: HTTP/1 after the in-flight response
-//! with `Connection: close`, HTTP/2 with GOAWAY. Also the header hygiene both directions share.
+//! with `Connection: close`, HTTP/2 with GOAWAY.
+//!
+//! Idle means "no request in progress" (a request is in progress from its complete header block
+//! until its response body is done), not "no bytes": HTTP/2 PINGs or a trickled header block
+//! keep bytes moving. Request headers must arrive within the header-read deadline,
+//! min(`--idle-timeout`, 30 s): hyper enforces it for HTTP/1, [`header_block`] for HTTP/2,
+//! whose connections are dropped when a header block stays open longer. Also the header
+//! hygiene both directions share.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,9 +28,11 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::header_block;
 use super::io::{Activity, Tracked};
 use super::ListenerConfig;
 
@@ -55,18 +68,29 @@ pub async fn serve_conn<S, F, Fut>(
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    let header_deadline = cfg.idle_timeout.min(MAX_HEADER_READ);
     let activity = Activity::new();
-    let io = TokioIo::new(Tracked::new(io, activity.clone()));
+    let (io, header_block) = header_block::watch(Tracked::new(io, activity.clone()));
+    let io = TokioIo::new(io);
+    let requests = Requests::new();
+    let svc_requests = requests.clone();
     let svc = hyper::service::service_fn(move |req| {
+        let guard = svc_requests.enter();
         let resp = handle(req);
-        async move { Ok::<_, Infallible>(resp.await) }
+        async move {
+            let resp = resp.await;
+            Ok::<_, Infallible>(resp.map(|body| InFlight {
+                body,
+                _guard: guard,
+            }))
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // A client that starts a request and stalls is dropped like an idle one.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.idle_timeout.min(MAX_HEADER_READ));
+        .header_read_timeout(header_deadline);
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
@@ -77,8 +101,9 @@ pub async fn serve_conn<S, F, Fut>(
         }
     };
     tokio::pin!(age);
-    let mut closing = false;
+    let mut closing: Option<Instant> = None;
     loop {
+        let open = closing.is_none();
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -86,20 +111,115 @@ pub async fn serve_conn<S, F, Fut>(
                 }
                 return;
             }
-            _ = shutdown.cancelled(), if !closing => closing = true,
-            _ = &mut age, if !closing => closing = true,
-            _ = activity.idle(cfg.idle_timeout), if !closing => closing = true,
-            // Graceful close waits for in-flight responses; one that stalls (half-sent request
-            // headers, an upstream that stops mid-body) is dropped once nothing moved for the
-            // idle timeout plus a short grace.
-            _ = activity.idle(cfg.idle_timeout + CLOSE_GRACE), if closing => {
+            _ = header_block.expired(header_deadline) => {
+                debug!(listener = %cfg.name, %peer, "request headers not complete within the header-read deadline; closing");
+                return;
+            }
+            _ = shutdown.cancelled(), if open => {}
+            _ = &mut age, if open => {}
+            _ = activity.idle(cfg.idle_timeout), if open => {}
+            _ = requests.idle(cfg.idle_timeout, None), if open => {}
+            // Graceful close waits for in-flight responses. A client that does not let the
+            // close finish (no request left, yet the connection stays) is dropped after a short
+            // grace; one that stalls (half-sent request headers, an upstream that stops
+            // mid-body) once nothing moved for the idle timeout plus the grace.
+            _ = requests.idle(CLOSE_GRACE, closing), if !open => {
+                debug!(listener = %cfg.name, %peer, "closing a connection that did not close by itself");
+                return;
+            }
+            _ = activity.idle(cfg.idle_timeout + CLOSE_GRACE), if !open => {
                 debug!(listener = %cfg.name, %peer, "closing a stalled connection");
                 return;
             }
         }
-        if closing {
+        if open {
+            closing = Some(Instant::now());
             conn.as_mut().graceful_shutdown();
         }
+    }
+}
+
+/// Requests in progress on one connection, and when the last one ended.
+#[derive(Clone)]
+struct Requests(Arc<RequestsInner>);
+
+struct RequestsInner {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    /// When `in_flight` last dropped to zero, in ms since `epoch`.
+    last_end_ms: AtomicU64,
+}
+
+impl Requests {
+    fn new() -> Self {
+        Requests(Arc::new(RequestsInner {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+        }))
+    }
+
+    fn enter(&self) -> RequestGuard {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    /// Resolves once no request was in progress for `limit`, counting from `not_before` at the
+    /// earliest.
+    async fn idle(&self, limit: Duration, not_before: Option<Instant>) {
+        loop {
+            let from = if self.0.in_flight.load(Ordering::Relaxed) > 0 {
+                // Busy: look again a full `limit` later (one timer per connection).
+                Instant::now()
+            } else {
+                let end = self.0.epoch
+                    + Duration::from_millis(self.0.last_end_ms.load(Ordering::Relaxed));
+                not_before.map_or(end, |t| t.max(end))
+            };
+            if self.0.in_flight.load(Ordering::Relaxed) == 0 && from.elapsed() >= limit {
+                return;
+            }
+            tokio::time::sleep_until(from + limit).await;
+        }
+    }
+}
+
+/// One request in progress: from its complete headers until its response body is done or
+/// dropped.
+struct RequestGuard(Requests);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let r = &(self.0).0;
+        r.last_end_ms
+            .store(r.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        r.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is done.
+struct InFlight {
+    body: Body,
+    _guard: RequestGuard,
+}
+
+impl hyper::body::Body for InFlight {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -83,6 +83,8 @@ impl Handler for Inbound {
             (Protocol::Tcp, false) => {}
             (Protocol::Tcp, true) => match connect(&s.cfg.target, s.cfg.connect_timeout).await {
                 Ok(upstream) => {
+                    // Counted while it lives (no cap of its own: one per client connection).
+                    let _slot = s.upstream.acquire().await;
                     tcp::splice(tls, upstream, &s.cfg).await;
                 }
                 Err(e) => {

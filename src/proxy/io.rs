@@ -1,16 +1,19 @@
-//! Connections to the upstream (`host:port` or `unix:/path`, with `--connect-timeout`) and an
-//! I/O wrapper that records the last activity, so an idle watchdog can end connections after
-//! `--idle-timeout` without a lock (one relaxed atomic store per read or write).
+//! Connections to the upstream (`host:port` or `unix:/path`, with `--connect-timeout`), the
+//! slots that count and cap them per listener, and an I/O wrapper that records the last
+//! activity, so an idle watchdog can end connections after `--idle-timeout` without a lock
+//! (one relaxed atomic store per read or write).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::Target;
@@ -86,30 +89,40 @@ impl hyper_util::client::legacy::connect::Connection for Upstream {
     }
 }
 
-/// Last read or write, in milliseconds since `epoch`.
+/// Last read or write, in milliseconds since `epoch`; and, for a request body, whether the
+/// client's body failed (see [`TouchBody`]).
 #[derive(Clone)]
 pub struct Activity {
     epoch: Instant,
-    last_ms: Arc<AtomicU64>,
+    inner: Arc<ActivityInner>,
+}
+
+struct ActivityInner {
+    last_ms: AtomicU64,
+    body_failed: AtomicBool,
 }
 
 impl Activity {
     pub fn new() -> Self {
         Activity {
             epoch: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
+            inner: Arc::new(ActivityInner {
+                last_ms: AtomicU64::new(0),
+                body_failed: AtomicBool::new(false),
+            }),
         }
     }
 
     fn touch(&self) {
-        self.last_ms
+        self.inner
+            .last_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// How long since the last byte moved.
     pub fn idle_for(&self) -> Duration {
         let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        Duration::from_millis(now.saturating_sub(self.inner.last_ms.load(Ordering::Relaxed)))
     }
 
     /// Resolves once nothing moved for `limit`.
@@ -121,6 +134,12 @@ impl Activity {
             }
             tokio::time::sleep(limit - idle).await;
         }
+    }
+
+    /// True if the client's request body ended in an error (malformed framing, or the client
+    /// went away mid-body): a failed request is then the client's doing, not the upstream's.
+    pub fn body_failed(&self) -> bool {
+        self.inner.body_failed.load(Ordering::Relaxed)
     }
 }
 
@@ -180,7 +199,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 
 /// A request body that touches `activity` for every frame it yields, so the wait for a
 /// response can be timed per request (an upload that keeps moving is never cut) rather than per
-/// connection, where other HTTP/2 streams would keep the timer alive.
+/// connection, where other HTTP/2 streams would keep the timer alive. A body that fails is
+/// noted in `activity` (see [`Activity::body_failed`]).
 pub struct TouchBody<B> {
     inner: B,
     activity: Activity,
@@ -202,8 +222,14 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for TouchBody<B> {
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(r, Poll::Ready(Some(Ok(_)))) {
-            this.activity.touch();
+        match &r {
+            Poll::Ready(Some(Ok(_))) => this.activity.touch(),
+            Poll::Ready(Some(Err(_))) => this
+                .activity
+                .inner
+                .body_failed
+                .store(true, Ordering::Relaxed),
+            _ => {}
         }
         r
     }
@@ -214,5 +240,129 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for TouchBody<B> {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+// === Upstream connection slots ===
+
+/// The upstream connections of one listener: counted (`upstream_connections_active`), and in
+/// http mode capped, so that clients multiplexing many requests (HTTP/2 streams) cannot make
+/// the listener open connections without bound. A request that finds every slot taken waits
+/// up to `wait` for one to free up (a pooled connection being reused counts as free), then
+/// fails with [`UpstreamBusy`].
+pub struct UpstreamSlots {
+    limit: Option<(Arc<Semaphore>, usize)>,
+    wait: Duration,
+    gauge: Gauge,
+}
+
+/// Every slot stayed taken for the whole wait.
+#[derive(Debug, thiserror::Error)]
+#[error("all {limit} upstream connections of this listener are in use (waited {waited:?} for one)")]
+pub struct UpstreamBusy {
+    pub limit: usize,
+    pub waited: Duration,
+}
+
+impl UpstreamSlots {
+    /// `limit` `None`: counted only (tcp mode, where `--max-connections` bounds them already).
+    pub fn new(limit: Option<usize>, wait: Duration, gauge: Gauge) -> Self {
+        UpstreamSlots {
+            limit: limit.map(|n| (Arc::new(Semaphore::new(n.max(1))), n.max(1))),
+            wait,
+            gauge,
+        }
+    }
+
+    /// A slot for one new upstream connection, held for as long as that connection lives.
+    pub async fn acquire(&self) -> Result<UpstreamSlot, UpstreamBusy> {
+        let permit = match &self.limit {
+            None => None,
+            Some((sem, limit)) => {
+                match tokio::time::timeout(self.wait, sem.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => Some(p),
+                    // The semaphore is never closed; a timeout is the one way to get here.
+                    _ => {
+                        return Err(UpstreamBusy {
+                            limit: *limit,
+                            waited: self.wait,
+                        })
+                    }
+                }
+            }
+        };
+        self.gauge.inc();
+        Ok(UpstreamSlot {
+            _permit: permit,
+            gauge: self.gauge.clone(),
+        })
+    }
+}
+
+/// One upstream connection's slot; freed on drop.
+pub struct UpstreamSlot {
+    _permit: Option<OwnedSemaphorePermit>,
+    gauge: Gauge,
+}
+
+impl Drop for UpstreamSlot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// An upstream connection that holds its slot for as long as it lives.
+pub struct Slotted<T> {
+    inner: T,
+    _slot: UpstreamSlot,
+}
+
+impl<T> Slotted<T> {
+    pub fn new(inner: T, slot: UpstreamSlot) -> Self {
+        Slotted { inner, _slot: slot }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Slotted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: hyper_util::client::legacy::connect::Connection>
+    hyper_util::client::legacy::connect::Connection for Slotted<T>
+{
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.inner.connected()
     }
 }

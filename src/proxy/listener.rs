@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::io::UpstreamSlots;
 use super::{ListenerConfig, ListenerMetrics, ListenerStats};
 
 /// What every connection of a listener shares, whatever its direction.
@@ -24,6 +25,7 @@ pub struct Shared {
     pub cfg: ListenerConfig,
     pub metrics: ListenerMetrics,
     pub stats: Arc<ListenerStats>,
+    pub upstream: Arc<UpstreamSlots>,
 }
 
 /// What a listener does with one accepted connection.

@@ -12,6 +12,9 @@
 //! - [`io`]: plaintext upstream connections and idle tracking.
 
 pub mod authz;
+pub mod chain;
+pub mod header_block;
+pub mod headers;
 pub mod http;
 pub mod http_conn;
 pub mod identity;
@@ -97,6 +100,8 @@ pub struct ListenerConfig {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// http mode: open upstream connections at most (tcp mode: one per connection).
+    pub max_upstream_connections: usize,
     pub max_connection_age: Option<Duration>,
 }
 
@@ -121,6 +126,7 @@ pub struct ListenerMetrics {
     pub total: Counter,
     pub denied: Counter,
     pub upstream_failures: Counter,
+    pub upstream_active: Gauge,
     pub duration: Histogram,
     /// `http_requests_total{code}` handles, looked up in the registry once per code.
     codes: Arc<[OnceLock<Counter>]>,
@@ -138,6 +144,7 @@ impl ListenerMetrics {
             total: metrics.connections_total.get_or_create_owned(&l),
             denied: metrics.authz_denied.get_or_create_owned(&l),
             upstream_failures: metrics.upstream_failures.get_or_create_owned(&l),
+            upstream_active: metrics.upstream_active.get_or_create_owned(&l),
             duration: metrics.http_duration.get_or_create_owned(&l),
             codes: (0..600).map(|_| OnceLock::new()).collect(),
             name: name.to_string(),

@@ -18,9 +18,11 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::chain::find_in_chain;
+use super::io::UpstreamBusy;
 use super::listener::{Handler, Shared};
 use super::refusal::refuses_certificate;
-pub use super::refusal::{find_in_chain, rejected_by_server, Rejections, Watched};
+pub use super::refusal::{rejected_by_server, Rejections, Watched};
 use super::{outbound_http, tcp, ListenerConfig, Protocol, Slot};
 use crate::tls::PinMismatch;
 
@@ -74,6 +76,8 @@ pub enum UpstreamError {
         addr: String,
         after: std::time::Duration,
     },
+    #[error(transparent)]
+    Busy(UpstreamBusy),
 }
 
 impl UpstreamError {
@@ -85,6 +89,7 @@ impl UpstreamError {
             UpstreamError::Handshake { reason, .. } => reason,
             UpstreamError::Rejected { .. } => "rejected_by_server",
             UpstreamError::HandshakeTimeout { .. } => "timeout",
+            UpstreamError::Busy(_) => "upstream_busy",
         }
     }
 
@@ -94,7 +99,9 @@ impl UpstreamError {
         shared.metrics.upstream_failures.inc();
         if !matches!(
             self,
-            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
+            UpstreamError::Connect { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Busy(_)
         ) {
             shared.metrics.handshake_failed(self.reason());
         }
@@ -160,6 +167,8 @@ impl Handler for Outbound {
             return outbound_http::serve(tcp, peer, &self, shutdown).await;
         }
         let s = &self.shared;
+        // Counted while it lives (tcp mode has no cap of its own: one per local connection).
+        let _slot = s.upstream.acquire().await;
         let upstream = match self.origin.load_full() {
             None => Err(UpstreamError::NoCredentials),
             Some(origin) => connect(&self.remote, &origin.tls, &s.cfg).await,

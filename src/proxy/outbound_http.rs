@@ -25,13 +25,15 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::chain::{error_chain, find_in_chain};
+use super::headers::check_host;
 use super::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
-use super::io::{Activity, TouchBody};
+use super::io::{Activity, Slotted, TouchBody, UpstreamSlots};
 use super::listener::Shared;
 use super::outbound::{connect, Outbound, Remote, UpstreamError};
-use super::refusal::{find_in_chain, rejected_by_server, Rejections, Watched};
+use super::refusal::{rejected_by_server, Rejections, Watched};
 use super::ListenerConfig;
 
 /// How long an unused pooled connection stays open.
@@ -56,6 +58,7 @@ impl Pool {
             cfg: Arc::new(shared.cfg.clone()),
             metrics: shared.metrics.clone(),
             rejected: rejected.clone(),
+            slots: shared.upstream.clone(),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
@@ -79,10 +82,11 @@ struct Connector {
     cfg: Arc<ListenerConfig>,
     metrics: super::ListenerMetrics,
     rejected: Arc<Rejections>,
+    slots: Arc<UpstreamSlots>,
 }
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<Watched>;
+    type Response = TokioIo<Slotted<Watched>>;
     type Error = UpstreamError;
     type Future =
         Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
@@ -94,8 +98,12 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            let slot = this.slots.acquire().await.map_err(UpstreamError::Busy)?;
             match connect(&this.remote, &this.tls, &this.cfg).await {
-                Ok(tls) => Ok(TokioIo::new(Watched::new(tls, this.rejected.clone()))),
+                Ok(tls) => Ok(TokioIo::new(Slotted::new(
+                    Watched::new(tls, this.rejected.clone()),
+                    slot,
+                ))),
                 Err(e) => {
                     if matches!(
                         e,
@@ -147,6 +155,9 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound) -> Response<Body> {
             "CONNECT is not supported: requests go to --target",
         );
     }
+    if let Err(e) = check_host(&req) {
+        return short(StatusCode::BAD_REQUEST, &format!("bad request: {e}"));
+    }
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     match format!("https://{}{}", ctx.remote.authority, path).parse() {
@@ -167,18 +178,25 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound) -> Response<Body> {
         again
     });
     let mut result = send(pool, Request::from_parts(parts, body), s).await;
-    if let (Some(Ok(Err(e))), Some(again)) = (&result, replay) {
+    if let (Sent::Failed(e, _), Some(again)) = (&result, replay) {
         if unprocessed(e) {
             debug!(listener = %s.cfg.name, error = %e, "the server refused the stream unprocessed; sending it again");
             result = send(pool, again.map(|b| b.boxed()), s).await;
         }
     }
     match result {
-        Some(Ok(Ok(resp))) => {
+        Sent::Answered(resp) => {
             pool.rejected.clear();
             relay_response(resp)
         }
-        Some(Ok(Err(e))) => {
+        Sent::Failed(e, true) => {
+            info!(listener = %s.cfg.name, error = %error_chain(&e), "the app's request body failed; answering 400");
+            short(
+                StatusCode::BAD_REQUEST,
+                "bad request: the request body is malformed or was cut short",
+            )
+        }
+        Sent::Failed(e, false) => {
             if let Some(cause) = find_in_chain::<UpstreamError>(&e) {
                 return failed(s, cause);
             }
@@ -195,7 +213,7 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound) -> Response<Body> {
                 &format!("bad gateway: the upstream request failed: {chain}"),
             )
         }
-        _ => {
+        Sent::TimedOut => {
             s.metrics.upstream_failures.inc();
             warn!(listener = %s.cfg.name, target = %ctx.remote.addr, timeout = ?s.cfg.idle_timeout, "upstream request timed out");
             short(
@@ -206,20 +224,30 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound) -> Response<Body> {
     }
 }
 
-type Sent = Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, ()>;
+/// How sending one request through the pool ended.
+enum Sent {
+    Answered(Response<Incoming>),
+    /// The request failed; true if the app's own request body failed first.
+    Failed(hyper_util::client::legacy::Error, bool),
+    /// Nothing moved for `--idle-timeout` while waiting for the response.
+    TimedOut,
+}
 
-/// Sends `req` through the pool; `Some(Err(()))` if it waited `--idle-timeout` with nothing
-/// moving. Timed per request: not a fixed deadline (an upload that keeps moving is never cut),
-/// and not the app connection's traffic (other HTTP/2 streams must not keep a stuck one waiting).
-async fn send<B>(pool: &Pool, req: Request<B>, s: &Shared) -> Option<Sent>
+/// Sends `req` through the pool. Timed per request: not a fixed deadline (an upload that keeps
+/// moving is never cut), and not the app connection's traffic (other HTTP/2 streams must not
+/// keep a stuck one waiting).
+async fn send<B>(pool: &Pool, req: Request<B>, s: &Shared) -> Sent
 where
     B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
 {
     let waiting = Activity::new();
     let req = req.map(|b| TouchBody::new(b, waiting.clone()).boxed());
     tokio::select! {
-        r = pool.client.request(req) => Some(Ok(r)),
-        _ = waiting.idle(s.cfg.idle_timeout) => Some(Err(())),
+        r = pool.client.request(req) => match r {
+            Ok(resp) => Sent::Answered(resp),
+            Err(e) => Sent::Failed(e, waiting.body_failed()),
+        },
+        _ = waiting.idle(s.cfg.idle_timeout) => Sent::TimedOut,
     }
 }
 
@@ -240,24 +268,16 @@ fn unprocessed(e: &hyper_util::client::legacy::Error) -> bool {
     })
 }
 
-/// `e: cause: cause ...`, each distinct message once.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        next = cause.source();
-    }
-    out
-}
-
 /// 502 for an upstream that could not be reached; handshake failures were counted by the
 /// connector already.
 fn failed(s: &Shared, e: &UpstreamError) -> Response<Body> {
+    if let UpstreamError::Busy(busy) = e {
+        warn!(listener = %s.cfg.name, error = %busy, "upstream connection limit reached; answering 503");
+        return short(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service unavailable: too many requests in progress; try again",
+        );
+    }
     s.metrics.upstream_failures.inc();
     if matches!(e, UpstreamError::NoCredentials) {
         s.metrics.handshake_failed(e.reason());

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::chain::find_in_chain;
 use super::outbound::UpstreamError;
 
 /// With TLS 1.3 the server checks our certificate after our side of the handshake is done: a
@@ -44,26 +45,6 @@ pub(super) fn refuses_certificate(alert: AlertDescription) -> bool {
             | AlertDescription::AccessDenied
             | AlertDescription::CertificateRequired
     )
-}
-
-/// The first `T` in `e`'s cause chain, looking inside `io::Error`s too (whose `source()` skips
-/// the error they wrap).
-pub fn find_in_chain<'a, T: std::error::Error + 'static>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if let Some(t) = e.downcast_ref::<T>() {
-            return Some(t);
-        }
-        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
-            if let Some(t) = find_in_chain::<T>(inner) {
-                return Some(t);
-            }
-        }
-        next = e.source();
-    }
-    None
 }
 
 /// The last TLS alert by which the server refused our certificate, on one connection (tcp
