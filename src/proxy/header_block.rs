@@ -41,19 +41,22 @@ enum Parse {
     Preface(usize),
     /// Reading a frame header; the bytes of it read so far.
     Head([u8; 9], usize),
-    /// Skipping a frame payload; the bytes left.
-    Payload(usize),
+    /// Skipping a frame payload: the bytes left, and whether the header block ends with it.
+    Payload(usize, bool),
     /// Not HTTP/2.
     Off,
 }
 
-/// A frame-header reader for one connection (see the module docs).
+/// A frame-header reader for one connection (see the module docs). A header block is open from
+/// the header of its HEADERS (or PUSH_PROMISE) frame until the last payload byte of the frame
+/// that carries END_HEADERS: a client that trickles the payload of a single frame holds it open
+/// as surely as one that trickles CONTINUATION frames.
 struct Frames {
     parse: Parse,
     open: bool,
 }
 
-/// What reading some bytes changed.
+/// The header-block state after some bytes, if it changed.
 #[derive(Debug, PartialEq, Eq)]
 enum Change {
     None,
@@ -70,9 +73,10 @@ impl Frames {
         }
     }
 
-    /// Feeds bytes the client sent; returns the last change of the header-block state.
+    /// Feeds bytes the client sent; returns how the header-block state at the end differs
+    /// from the state before (a block opened and closed within `bytes` is no change).
     fn feed(&mut self, mut bytes: &[u8]) -> Change {
-        let mut change = Change::None;
+        let was_open = self.open;
         while !bytes.is_empty() {
             match &mut self.parse {
                 Parse::Off => return Change::Off,
@@ -99,36 +103,37 @@ impl Frames {
                         let len = usize::from(head[0]) << 16
                             | usize::from(head[1]) << 8
                             | usize::from(head[2]);
-                        let ended = head[4] & END_HEADERS != 0;
-                        match head[3] {
-                            HEADERS | PUSH_PROMISE if !ended && !self.open => {
+                        let ends_block = head[4] & END_HEADERS != 0;
+                        let ends = match head[3] {
+                            HEADERS | PUSH_PROMISE => {
                                 self.open = true;
-                                change = Change::Opened;
+                                ends_block
                             }
-                            CONTINUATION if ended && self.open => {
-                                self.open = false;
-                                change = Change::Closed;
-                            }
-                            _ => {}
-                        }
-                        self.parse = if len == 0 {
-                            Parse::Head([0; 9], 0)
-                        } else {
-                            Parse::Payload(len)
+                            CONTINUATION => ends_block,
+                            _ => false,
                         };
+                        self.parse = Parse::Payload(len, ends);
                     }
                 }
-                Parse::Payload(left) => {
+                Parse::Payload(left, _) => {
                     let n = (*left).min(bytes.len());
                     *left -= n;
                     bytes = &bytes[n..];
-                    if *left == 0 {
-                        self.parse = Parse::Head([0; 9], 0);
-                    }
                 }
             }
+            // A payload read to its end (at once for an empty one) ends its frame.
+            if let Parse::Payload(0, ends) = self.parse {
+                if ends {
+                    self.open = false;
+                }
+                self.parse = Parse::Head([0; 9], 0);
+            }
         }
-        change
+        match (was_open, self.open) {
+            (false, true) => Change::Opened,
+            (true, false) => Change::Closed,
+            _ => Change::None,
+        }
     }
 }
 
@@ -268,24 +273,48 @@ mod tests {
             f.feed(&frame(CONTINUATION, END_HEADERS, b"e")),
             Change::Closed
         );
-        // A complete block in one frame never opens.
+        // A complete block in one frame, read at once: no change.
         assert_eq!(f.feed(&frame(HEADERS, END_HEADERS, b"abc")), Change::None);
+        assert!(!f.open);
+    }
+
+    #[test]
+    fn a_single_frame_whose_payload_trickles_is_open_until_its_last_byte() {
+        let mut f = Frames::new();
+        f.feed(PREFACE);
+        let headers = frame(HEADERS, END_HEADERS, &[7; 200]);
+        assert_eq!(f.feed(&headers[..9]), Change::Opened);
+        for b in &headers[9..headers.len() - 1] {
+            assert_eq!(f.feed(std::slice::from_ref(b)), Change::None);
+        }
+        assert_eq!(f.feed(&headers[headers.len() - 1..]), Change::Closed);
+        // The same for the END_HEADERS CONTINUATION of a longer block.
+        assert_eq!(f.feed(&frame(HEADERS, 0, b"a")), Change::Opened);
+        let last = frame(CONTINUATION, END_HEADERS, b"bc");
+        assert_eq!(f.feed(&last[..10]), Change::None);
+        assert_eq!(f.feed(&last[10..]), Change::Closed);
     }
 
     #[test]
     fn byte_by_byte_is_the_same_as_at_once() {
         let mut stream = PREFACE.to_vec();
         stream.extend(frame(0x6, 0, &[0; 8])); // PING
-        stream.extend(frame(HEADERS, 0, &[7; 300]));
+        stream.extend(frame(HEADERS, END_HEADERS, &[1; 30])); // a whole request head
         stream.extend(frame(0x0, 0, &[])); // empty DATA: a zero-length payload
+        stream.extend(frame(HEADERS, 0, &[7; 300]));
         let mut f = Frames::new();
         let changes: Vec<Change> = stream
             .iter()
             .map(|b| f.feed(std::slice::from_ref(b)))
             .filter(|c| *c != Change::None)
             .collect();
-        assert_eq!(changes, vec![Change::Opened]);
+        assert_eq!(
+            changes,
+            vec![Change::Opened, Change::Closed, Change::Opened]
+        );
         assert!(f.open);
+        let mut at_once = Frames::new();
+        assert_eq!(at_once.feed(&stream), Change::Opened);
     }
 
     #[tokio::test(start_paused = true)]
@@ -296,6 +325,7 @@ mod tests {
         bytes.extend(frame(HEADERS, 0, b"a"));
         // Simulate the read path's bookkeeping without a real stream.
         let opened = w.frames.feed(&bytes);
+        // (The read path stores when the block opened; here it opened at the epoch.)
         assert_eq!(opened, Change::Opened);
         w.shared.open_since.store(0, Ordering::Relaxed);
         let start = Instant::now();

@@ -221,7 +221,7 @@ async fn forward(
                 );
             }
             ctx.shared.metrics.upstream_failures.inc();
-            warn!(listener = %ctx.shared.cfg.name, target = %ctx.shared.cfg.target, error = %e, "upstream request failed");
+            warn!(listener = %ctx.shared.cfg.name, target = %ctx.shared.cfg.target, error = %error_chain(&e), "upstream request failed");
             short(
                 StatusCode::BAD_GATEWAY,
                 "bad gateway: the upstream app did not answer",

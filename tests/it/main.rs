@@ -1,12 +1,14 @@
 //! Integration tests, compiled as one binary (as ripgrep does). Helpers live in `support/`.
 
 mod admin_endpoint;
+mod adversarial;
 mod check_cli;
 mod check_openssl;
 mod client_mode;
 mod demo;
 mod deploy_examples;
 mod deploy_manifests;
+mod fuzz;
 mod kubelet_scenarios;
 mod kubelet_volume;
 mod readme_flags;

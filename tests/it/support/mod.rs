@@ -8,6 +8,7 @@
 
 pub mod cli_clients;
 pub mod fixture;
+pub mod h2raw;
 pub mod http1;
 pub mod inotify;
 pub mod kubelet;
@@ -24,9 +25,13 @@ pub mod writers;
 
 use std::path::{Path, PathBuf};
 
-/// The `mtls-sidecar` binary built by cargo for these tests.
+/// The `mtls-sidecar` binary built by cargo for these tests, or the one named by
+/// `MTLS_SIDECAR_TEST_BIN` (to run the suite against another build, e.g. an older commit's, to
+/// see a regression test fail there).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_mtls-sidecar"))
+    std::env::var_os("MTLS_SIDECAR_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mtls-sidecar")))
 }
 
 /// The full path of `name` if it is an executable file on `PATH`.

@@ -1,0 +1,286 @@
+//! Fuzz target: header hygiene (`proxy::headers`). Protected names in every spelling an app
+//! folds together are recognised and stripped, nothing else is touched, and the `Host` check
+//! never panics and only lets through values that are an authority (or empty).
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST};
+use hyper::http::uri::Authority;
+use hyper::{Request, Version};
+use mtls_sidecar::proxy::headers::{
+    check_host, is_protected, strip_protected, HostError, PROTECTED, PROTECTED_PREFIXES,
+};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::{select, Index};
+
+const REGRESSIONS: &str = "tests/it/fuzz/proptest-regressions/headers.txt";
+
+/// RFC 9110 `tchar`: every byte a header name may hold.
+const TCHARS: &[u8] =
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+/// The reference fold, written independently of the library: ASCII lowercase, `_` -> `-`.
+fn fold(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c == '_' {
+                '-'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect()
+}
+
+/// What `is_protected` must answer, by the module's contract.
+fn reference_protected(name: &str) -> bool {
+    let folded = fold(name);
+    PROTECTED.contains(&folded.as_str()) || PROTECTED_PREFIXES.iter().any(|p| folded.starts_with(p))
+}
+
+fn tchar() -> impl Strategy<Value = char> {
+    select(TCHARS).prop_map(char::from)
+}
+
+fn token(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+    vec(tchar(), len).prop_map(|cs| cs.into_iter().collect())
+}
+
+/// A protected name, or a protected prefix plus any token suffix, as the lists spell them.
+fn protected_base() -> impl Strategy<Value = String> {
+    prop_oneof![
+        select(PROTECTED).prop_map(str::to_string),
+        (select(PROTECTED_PREFIXES), token(0..16)).prop_map(|(p, s)| format!("{p}{s}")),
+    ]
+}
+
+/// `base` with any mix of ASCII case and any subset of its `-` written as `_`.
+fn respelled(base: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
+    (base, vec(any::<(bool, bool)>(), 64)).prop_map(|(base, flags)| {
+        base.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                let (upper, underscore) = flags.get(i).copied().unwrap_or_default();
+                match c {
+                    '-' if underscore => '_',
+                    c if upper => c.to_ascii_uppercase(),
+                    c => c,
+                }
+            })
+            .collect()
+    })
+}
+
+/// One edit away from a protected name or prefix: the names most likely to be misjudged.
+#[derive(Clone, Debug)]
+enum NearMiss {
+    Drop(Index),
+    Replace(Index, char),
+    Insert(Index, char),
+    Truncate(Index),
+    Prepend(char),
+    Append(String),
+}
+
+fn near_miss() -> impl Strategy<Value = String> {
+    let edit = prop_oneof![
+        any::<Index>().prop_map(NearMiss::Drop),
+        (any::<Index>(), tchar()).prop_map(|(i, c)| NearMiss::Replace(i, c)),
+        (any::<Index>(), tchar()).prop_map(|(i, c)| NearMiss::Insert(i, c)),
+        any::<Index>().prop_map(NearMiss::Truncate),
+        tchar().prop_map(NearMiss::Prepend),
+        token(1..6).prop_map(NearMiss::Append),
+    ];
+    let base = prop_oneof![
+        select(PROTECTED).prop_map(str::to_string),
+        select(PROTECTED_PREFIXES).prop_map(str::to_string),
+    ];
+    respelled((base, edit).prop_map(|(base, edit)| {
+        let mut cs: Vec<char> = base.chars().collect();
+        match edit {
+            NearMiss::Drop(i) => {
+                cs.remove(i.index(cs.len()));
+            }
+            NearMiss::Replace(i, c) => {
+                let i = i.index(cs.len());
+                cs[i] = c;
+            }
+            NearMiss::Insert(i, c) => cs.insert(i.index(cs.len() + 1), c),
+            NearMiss::Truncate(i) => cs.truncate(i.index(cs.len())),
+            NearMiss::Prepend(c) => cs.insert(0, c),
+            NearMiss::Append(s) => cs.extend(s.chars()),
+        }
+        let name: String = cs.into_iter().collect();
+        if name.is_empty() {
+            "x".to_string()
+        } else {
+            name
+        }
+    }))
+}
+
+/// A header name (valid as a `HeaderName`) from every class that matters.
+fn header_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => respelled(protected_base()),
+        3 => near_miss(),
+        3 => token(1..24),
+        1 => "(x|X)[-_](client|ssl|forwarded|real|amzn)[-_][a-zA-Z_-]{0,16}",
+    ]
+}
+
+fn header_value() -> impl Strategy<Value = HeaderValue> {
+    "[ -~]{0,24}".prop_map(|s| HeaderValue::from_str(&s).expect("visible ASCII is a header value"))
+}
+
+proptest! {
+    #![proptest_config(super::config(512, REGRESSIONS))]
+
+    /// Every protected name and prefix, in every spelling, is protected: as the client wrote it
+    /// and as hyper hands it over (lowercased `HeaderName`).
+    #[test]
+    fn protected_names_are_protected_in_every_spelling(name in respelled(protected_base())) {
+        prop_assert!(is_protected(&name), "{name:?} is not protected");
+        let as_received = HeaderName::from_bytes(name.as_bytes()).expect("tchars form a name");
+        prop_assert!(is_protected(as_received.as_str()), "{as_received} is not protected");
+    }
+
+    /// `is_protected` agrees with the reference fold on any string: near misses and random
+    /// tokens pass exactly when they do not fold to a protected name or prefix, and no input
+    /// (non-ASCII included) makes it panic.
+    #[test]
+    fn protection_is_exactly_the_folded_lists(
+        name in prop_oneof![3 => header_name(), 1 => any::<String>()],
+    ) {
+        prop_assert_eq!(is_protected(&name), reference_protected(&name), "{:?}", name);
+    }
+
+    /// `strip_protected` removes every protected header (all its values) and leaves every
+    /// other header exactly as it was: same names, same values, same order per name.
+    #[test]
+    fn strip_removes_exactly_the_protected_headers(
+        headers in vec((header_name(), header_value()), 0..24),
+    ) {
+        let mut map = HeaderMap::new();
+        for (name, value) in &headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).expect("tchars form a name");
+            map.append(name, value.clone());
+        }
+        let mut expected: Vec<(HeaderName, Vec<HeaderValue>)> = Vec::new();
+        for name in map.keys() {
+            if !reference_protected(name.as_str()) {
+                expected.push((name.clone(), map.get_all(name).iter().cloned().collect()));
+            }
+        }
+        strip_protected(&mut map);
+        for name in map.keys() {
+            prop_assert!(!reference_protected(name.as_str()), "{name} survived stripping");
+        }
+        prop_assert_eq!(map.keys_len(), expected.len(), "{:?}", map);
+        for (name, values) in &expected {
+            let now: Vec<HeaderValue> = map.get_all(name).iter().cloned().collect();
+            prop_assert_eq!(&now, values, "values of {} changed", name);
+        }
+    }
+
+    /// `check_host` never panics; it answers by the number of Host lines and the version, and
+    /// a single value it accepts is empty or an authority without userinfo.
+    #[test]
+    fn check_host_accepts_only_authorities(
+        version in select(vec![Version::HTTP_09, Version::HTTP_10, Version::HTTP_11, Version::HTTP_2]),
+        hosts in vec(host_value(), 0..4),
+    ) {
+        let mut req = Request::builder().version(version).uri("/").body(()).unwrap();
+        for h in &hosts {
+            req.headers_mut().append(HOST, h.clone());
+        }
+        let verdict = check_host(&req);
+        match hosts.as_slice() {
+            [] if version == Version::HTTP_11 => prop_assert_eq!(verdict, Err(HostError::Missing)),
+            [] => prop_assert_eq!(verdict, Ok(())),
+            [_, _, ..] => prop_assert_eq!(verdict, Err(HostError::Several)),
+            [one] => {
+                if verdict.is_ok() && !one.is_empty() {
+                    let text = one.to_str();
+                    prop_assert!(text.is_ok(), "accepted a non-ASCII Host {:?}", one);
+                    let authority = text.unwrap().parse::<Authority>();
+                    prop_assert!(authority.is_ok(), "accepted Host {:?} is not an authority", one);
+                    prop_assert!(!one.as_bytes().contains(&b'@'), "accepted userinfo in {:?}", one);
+                } else if verdict.is_err() {
+                    prop_assert_eq!(verdict, Err(HostError::Invalid));
+                }
+            }
+        }
+    }
+}
+
+/// Host values: arbitrary header-value bytes, and host-like strings built from the pieces
+/// (userinfo, brackets, ports, percent signs) where validators go wrong.
+fn host_value() -> impl Strategy<Value = HeaderValue> {
+    let any_value_byte = prop_oneof![0x20u8..0x7f, Just(b'\t'), 0x80u8..=0xff];
+    let host = prop_oneof![
+        "[a-zA-Z0-9.-]{0,24}",
+        "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
+        "\\[[0-9a-fA-F:.%v]{0,24}\\]",
+        "[a-zA-Z0-9._~!$&'()*+,;=%:@/?#\" <>{}|^`\\[\\]\\\\-]{0,24}",
+    ];
+    let host_like = (
+        proptest::option::of("[a-zA-Z0-9%:._-]{0,8}@"),
+        host,
+        proptest::option::of(":[0-9a-z]{0,7}"),
+    )
+        .prop_map(|(user, host, port)| {
+            format!(
+                "{}{host}{}",
+                user.unwrap_or_default(),
+                port.unwrap_or_default()
+            )
+        });
+    prop_oneof![
+        vec(any_value_byte, 0..40).prop_map(|b| b.to_vec()),
+        host_like.prop_map(String::into_bytes),
+    ]
+    .prop_filter_map("not a header value", |b| HeaderValue::from_bytes(&b).ok())
+}
+
+/// RFC 9112 3.2: a Host field value is `uri-host [":" port]` with `port = *DIGIT`, and a server
+/// MUST answer 400 to one that is invalid. FINDING of this target: `check_host` accepts what
+/// `http`'s `Authority` parser accepts, which allows any characters in the port.
+#[test]
+fn finding_host_with_a_non_numeric_port_is_invalid() {
+    for host in [
+        "api.example:abc",
+        "api.example:8443x",
+        "10.0.0.1:-1",
+        "[::1]:http",
+    ] {
+        let req = Request::builder()
+            .uri("/")
+            .header(HOST, host)
+            .body(())
+            .unwrap();
+        assert_eq!(check_host(&req), Err(HostError::Invalid), "Host: {host}");
+    }
+}
+
+/// RFC 3986: `[` and `]` only enclose a whole IP-literal (`[` IPv6address or IPvFuture `]`).
+/// FINDING of this target: `check_host` accepts brackets anywhere, empty or non-address
+/// literals, and text after the literal (`http`'s `Authority::host()` then reads `x[` as the
+/// host of `x[::1]`).
+#[test]
+fn finding_host_with_brackets_outside_an_ip_literal_is_invalid() {
+    for host in [
+        "x[::1]",
+        "a[b]c",
+        "[::1]x",
+        "[]",
+        "[zz]",
+        "[api.example]:443",
+    ] {
+        let req = Request::builder()
+            .uri("/")
+            .header(HOST, host)
+            .body(())
+            .unwrap();
+        assert_eq!(check_host(&req), Err(HostError::Invalid), "Host: {host}");
+    }
+}
