@@ -21,6 +21,9 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
 //! - [`metrics`], [`events`]: metric families, and the one place that logs and counts each event.
 //! - [`app`]: wires the stages of a long-running subcommand and shuts them down on SIGTERM.
+//! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP re-reads, other terminating signals ignored;
+//!   held from the first line of `main` until their handlers exist.
+//! - [`limits`]: the file-descriptor budget of a listener, checked at start-up.
 //! - [`check`]: the `check` subcommand: run validation once and report (text or JSON).
 //! - [`demo`]: the `demo` subcommand: throwaway PKI, plaintext app, `server` in front, rotation.
 //! - [`atomic_dir`]: kubelet-style `..data` generations (demo volumes, `--stage-dir`).

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,9 +39,21 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send;
 }
 
+/// Connections the kernel holds for us while every `--max-connections` slot is taken (capped
+/// by `net.core.somaxconn`). The standard library's 128 drops the SYNs of a burst beyond it, and
+/// clients then retry after 1, 3, 7 s.
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Binds the listening socket and logs the address actually bound.
 pub async fn bind(cfg: &ListenerConfig) -> io::Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(cfg.listen).await?;
+    let socket = match cfg.listen {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As the standard library does: a restarted sidecar can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(cfg.listen)?;
+    let l = socket.listen(LISTEN_BACKLOG)?;
     let addr = l.local_addr()?;
     info!(listener = %cfg.name, address = %addr, target = %cfg.target, "listener bound");
     Ok((l, addr))

@@ -6,10 +6,12 @@
 //! - [`listener`]: the accept loop both share: connection limit, counting, drain.
 //! - [`inbound`], [`outbound`]: what a `server` or `client` connection does; [`refusal`]: how a
 //!   `client` notices that the server refused its certificate.
-//! - [`tcp`], [`http_conn`]: byte copy, or an HTTP connection's lifecycle; [`http`] and
-//!   [`outbound_http`] forward requests in each direction.
+//! - [`tcp`], [`http_conn`]: byte copy, or an HTTP connection's lifecycle (with
+//!   [`header_block`], the HTTP/2 header-read deadline); [`http`] and [`outbound_http`] forward
+//!   requests in each direction; [`headers`]: which client headers are dropped, `Host` rules.
 //! - [`authz`], [`identity`]: allow-lists and the verified peer's identity.
-//! - [`io`]: plaintext upstream connections and idle tracking.
+//! - [`io`]: plaintext upstream connections, the per-listener cap on them, and idle tracking;
+//!   [`chain`]: reading an error's cause chain.
 
 pub mod authz;
 pub mod chain;
