@@ -126,7 +126,11 @@ fn is_host_port(s: &str) -> bool {
         }
     };
     let port_ok = match rest.strip_prefix(':') {
-        Some(port) => port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()),
+        // Digits only (`+80` parses as a u16 too), and a port a u16 holds, as apps read it.
+        Some(port) => {
+            port.is_empty()
+                || (port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
+        }
         None => rest.is_empty(),
     };
     host_ok && port_ok
@@ -241,6 +245,9 @@ mod tests {
             (Version::HTTP_11, &["api.example:"], Ok(())),
             (Version::HTTP_11, &["api.example:abc"], Err(Invalid)),
             (Version::HTTP_11, &["api.example:123456"], Err(Invalid)),
+            (Version::HTTP_11, &["api.example:65536"], Err(Invalid)),
+            (Version::HTTP_11, &["api.example:+80"], Err(Invalid)),
+            (Version::HTTP_11, &["[::1]:65535"], Ok(())),
             (Version::HTTP_11, &["a:1:2"], Err(Invalid)),
             (Version::HTTP_11, &[":443"], Err(Invalid)),
             (Version::HTTP_11, &["x[::1]"], Err(Invalid)),
