@@ -33,6 +33,10 @@ pub struct Connector {
     target: Target,
     timeout: Duration,
     slots: Arc<UpstreamSlots>,
+    /// False for the HTTP/2 (gRPC) client: hyper-util keeps one shared connection per target
+    /// for it and never connects twice at once, so it is counted but needs no slot. Were it
+    /// capped, HTTP/1 connections idling in their pool could hold every slot and starve it.
+    capped: bool,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -51,8 +55,13 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let (target, timeout, slots) = (self.target.clone(), self.timeout, self.slots.clone());
+        let capped = self.capped;
         Box::pin(async move {
-            let slot = slots.acquire().await.map_err(std::io::Error::other)?;
+            let slot = if capped {
+                slots.acquire().await.map_err(std::io::Error::other)?
+            } else {
+                slots.count()
+            };
             let upstream = connect(&target, timeout).await?;
             Ok(TokioIo::new(Slotted::new(upstream, slot)))
         })
@@ -72,6 +81,7 @@ impl Proxy {
             target: target.clone(),
             timeout: connect_timeout,
             slots,
+            capped: true,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -79,7 +89,10 @@ impl Proxy {
             // Without a timer the idle timeout is only checked when a connection is reused.
             .pool_timer(TokioTimer::new());
         let h1 = builder.build(connector.clone());
-        let h2 = builder.http2_only(true).build(connector);
+        let h2 = builder.http2_only(true).build(Connector {
+            capped: false,
+            ..connector
+        });
         let authority = match target {
             Target::Tcp(a) => a.clone(),
             Target::Unix(_) => "localhost".into(),

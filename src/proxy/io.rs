@@ -274,6 +274,15 @@ impl UpstreamSlots {
         }
     }
 
+    /// Counts one new upstream connection without taking a slot (one the cap does not apply to).
+    pub fn count(&self) -> UpstreamSlot {
+        self.gauge.inc();
+        UpstreamSlot {
+            _permit: None,
+            gauge: self.gauge.clone(),
+        }
+    }
+
     /// A slot for one new upstream connection, held for as long as that connection lives.
     pub async fn acquire(&self) -> Result<UpstreamSlot, UpstreamBusy> {
         let permit = match &self.limit {
