@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -43,17 +43,27 @@ impl AdminState {
     }
 }
 
+/// Probe connections the kernel holds while the accept loop catches up with a flood (the
+/// standard library's 128 would drop a probe's SYN, and its retry comes after the probe's 1 s).
+const ADMIN_BACKLOG: u32 = 1024;
+
 /// Binds `addr`; the caller reports a bind failure as a usage/runtime error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let listener = TcpListener::bind(addr).await?;
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(ADMIN_BACKLOG)?;
     info!(address = %listener.local_addr()?, "admin endpoint listening");
     Ok(listener)
 }
 
-/// Open admin connections at most. When all are taken, a new connection closes the oldest: a
-/// client that opens connections and sends nothing (or floods the port) cannot keep kubelet's
-/// probes out, since a probe sends its request at once and is answered in well under a
-/// millisecond, long before this many newer connections could push it out.
+/// Open admin connections at most. When all are taken, a new connection closes the oldest one
+/// that never sent a request (or, if all did, the oldest): a client that opens connections and
+/// sends nothing (or floods the port) cannot keep kubelet's probes out, since a probe sends its
+/// request at once and is answered in well under a millisecond.
 pub const MAX_ADMIN_CONNECTIONS: usize = 128;
 /// A client that sends no complete request headers within this time is dropped (idle
 /// keep-alive connections too: probes and scrapers send at once).
@@ -61,29 +71,46 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// No admin connection lives longer than this.
 const ADMIN_MAX_AGE: Duration = Duration::from_secs(60);
 
-/// Open admin connections, oldest first, each with the token that closes it.
+/// One open admin connection: the token that closes it, and whether it sent a request.
+struct Slot {
+    id: u64,
+    close: CancellationToken,
+    spoke: Arc<AtomicBool>,
+}
+
+/// Open admin connections, oldest first.
 #[derive(Default)]
 struct Slots {
     next: u64,
-    open: VecDeque<(u64, CancellationToken)>,
+    open: VecDeque<Slot>,
 }
 
 impl Slots {
-    /// Registers a new connection, closing the oldest if every slot is taken.
-    fn admit(&mut self) -> (u64, CancellationToken) {
+    /// Registers a new connection, closing another if every slot is taken (see
+    /// [`MAX_ADMIN_CONNECTIONS`]).
+    fn admit(&mut self) -> (u64, CancellationToken, Arc<AtomicBool>) {
         if self.open.len() >= MAX_ADMIN_CONNECTIONS {
-            if let Some((_, oldest)) = self.open.pop_front() {
-                oldest.cancel();
+            let silent = self
+                .open
+                .iter()
+                .position(|s| !s.spoke.load(Ordering::Relaxed));
+            if let Some(evicted) = self.open.remove(silent.unwrap_or(0)) {
+                evicted.close.cancel();
             }
         }
         self.next += 1;
-        let token = CancellationToken::new();
-        self.open.push_back((self.next, token.clone()));
-        (self.next, token)
+        let slot = Slot {
+            id: self.next,
+            close: CancellationToken::new(),
+            spoke: Arc::new(AtomicBool::new(false)),
+        };
+        let handles = (slot.id, slot.close.clone(), slot.spoke.clone());
+        self.open.push_back(slot);
+        handles
     }
 
     fn release(&mut self, id: u64) {
-        if let Some(i) = self.open.iter().position(|(i, _)| *i == id) {
+        if let Some(i) = self.open.iter().position(|s| s.id == id) {
             self.open.remove(i);
         }
     }
@@ -106,10 +133,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: Cancel
             },
         };
         // The admin path only; never taken on a proxied connection.
-        let (id, evicted) = lock(&slots).admit();
+        let (id, evicted, spoke) = lock(&slots).admit();
         let (state, slots) = (state.clone(), slots.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
+                spoke.store(true, Ordering::Relaxed);
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&state, &req)) }
             });
@@ -127,6 +155,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: Cancel
             }
             lock(&slots).release(id);
         });
+        // Let the new connection's task read its request before the next accept: under a flood
+        // a probe is then marked as speaking before newer connections could push it out.
+        tokio::task::yield_now().await;
     }
 }
 

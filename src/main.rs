@@ -48,8 +48,13 @@ fn main() -> ExitCode {
             .and_then(|(_, m)| m.value_source(id))
             .is_some_and(|s| s != ValueSource::DefaultValue)
     };
-    let conn_limits_chosen = matches!(cli.command, Command::Server(_) | Command::Client(_))
-        && (chosen("max_connections") || chosen("max_upstream_connections"));
+    let conn_limits_chosen = match &cli.command {
+        Command::Server(_) | Command::Client(_) => LimitsChosen {
+            connections: chosen("max_connections"),
+            upstream: chosen("max_upstream_connections"),
+        },
+        _ => LimitsChosen::default(),
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let code = match &cli.command {
@@ -170,7 +175,14 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
     })
 }
 
-fn server_plan(args: &ServerArgs, limits_chosen: bool) -> Result<ServerPlan, String> {
+/// Which connection limits the user set (command line or environment) rather than defaulted.
+#[derive(Clone, Copy, Default)]
+struct LimitsChosen {
+    connections: bool,
+    upstream: bool,
+}
+
+fn server_plan(args: &ServerArgs, limits_chosen: LimitsChosen) -> Result<ServerPlan, String> {
     let paths = args.creds.paths().map_err(|e| e.to_string())?;
     let target = Target::parse(&args.target).map_err(|e| format!("--target: {e}"))?;
     let allow = Allow {
@@ -204,7 +216,7 @@ fn server_plan(args: &ServerArgs, limits_chosen: bool) -> Result<ServerPlan, Str
     })
 }
 
-fn client_plan(args: &ClientArgs, limits_chosen: bool) -> Result<ClientPlan, String> {
+fn client_plan(args: &ClientArgs, limits_chosen: LimitsChosen) -> Result<ClientPlan, String> {
     let paths = args.creds.paths().map_err(|e| e.to_string())?;
     if !args.listen.ip().is_loopback() && !args.unsafe_listen {
         return Err(format!(
@@ -277,7 +289,7 @@ fn listener_config(
     target: Target,
     protocol: Protocol,
     conn: &ConnArgs,
-    budget: (bool, Listen),
+    budget: (LimitsChosen, Listen),
 ) -> Result<ListenerConfig, String> {
     if conn.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
@@ -305,9 +317,11 @@ fn listener_config(
 fn fit_fd_limit(
     protocol: Protocol,
     conn: &ConnArgs,
-    chosen: bool,
+    chosen: LimitsChosen,
     admin: Listen,
 ) -> Result<ConnLimits, String> {
+    // The upstream cap applies in http mode only.
+    let chosen = chosen.connections || (protocol == Protocol::Http && chosen.upstream);
     let requested = ConnLimits {
         max_connections: conn.max_connections,
         max_upstream_connections: conn.max_upstream_connections,

@@ -74,9 +74,12 @@ impl Frames {
     }
 
     /// Feeds bytes the client sent; returns how the header-block state at the end differs
-    /// from the state before (a block opened and closed within `bytes` is no change).
+    /// from the state before: `Opened` if the block open at the end opened within `bytes` (also
+    /// when another one closed before it), `Closed` if none is open any more, else `None` (a
+    /// block opened and closed within `bytes` is no change).
     fn feed(&mut self, mut bytes: &[u8]) -> Change {
         let was_open = self.open;
+        let mut opened_here = false;
         while !bytes.is_empty() {
             match &mut self.parse {
                 Parse::Off => return Change::Off,
@@ -106,6 +109,7 @@ impl Frames {
                         let ends_block = head[4] & END_HEADERS != 0;
                         let ends = match head[3] {
                             HEADERS | PUSH_PROMISE => {
+                                opened_here |= !self.open;
                                 self.open = true;
                                 ends_block
                             }
@@ -130,7 +134,7 @@ impl Frames {
             }
         }
         match (was_open, self.open) {
-            (false, true) => Change::Opened,
+            (_, true) if opened_here => Change::Opened,
             (true, false) => Change::Closed,
             _ => Change::None,
         }
@@ -288,6 +292,17 @@ mod tests {
             assert_eq!(f.feed(std::slice::from_ref(b)), Change::None);
         }
         assert_eq!(f.feed(&headers[headers.len() - 1..]), Change::Closed);
+        // A read that ends one block and opens the next reports the new one (its start time
+        // replaces the old block's).
+        let mut both = frame(HEADERS, 0, b"x");
+        assert_eq!(f.feed(&both), Change::Opened);
+        both = frame(CONTINUATION, END_HEADERS, b"y");
+        both.extend(frame(HEADERS, 0, b"z"));
+        assert_eq!(f.feed(&both), Change::Opened);
+        assert_eq!(
+            f.feed(&frame(CONTINUATION, END_HEADERS, b"w")),
+            Change::Closed
+        );
         // The same for the END_HEADERS CONTINUATION of a longer block.
         assert_eq!(f.feed(&frame(HEADERS, 0, b"a")), Change::Opened);
         let last = frame(CONTINUATION, END_HEADERS, b"bc");

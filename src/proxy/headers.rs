@@ -92,11 +92,32 @@ pub enum HostError {
     Missing,
     #[error("the Host header is not a valid host[:port]")]
     Invalid,
+    #[error("the request's authority is not a valid host[:port]")]
+    InvalidAuthority,
+    #[error("the Host header names another host than the request's :authority")]
+    Mismatch,
 }
 
 /// Checks the `Host` headers of a request: at most one, present on HTTP/1.1, and a valid
-/// authority (or empty, which RFC 9112 allows when the target has no authority).
+/// authority (or empty, which RFC 9112 allows when the target has no authority). The request
+/// target's authority (HTTP/2 `:authority`, or an HTTP/1 absolute-form target) must be a valid
+/// `host[:port]` too, without userinfo, and on HTTP/2 a `Host` header must name the same
+/// (RFC 9113 8.3.1): the app must not read another host than the one checked.
 pub fn check_host<B>(req: &Request<B>) -> Result<(), HostError> {
+    if let Some(authority) = req.uri().authority() {
+        if !is_host_port(authority.as_str()) {
+            return Err(HostError::InvalidAuthority);
+        }
+        let host = req.headers().get(HOST);
+        if req.version() == Version::HTTP_2
+            && host.is_some_and(|h| {
+                !h.as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
+            })
+        {
+            return Err(HostError::Mismatch);
+        }
+    }
     let mut hosts = req.headers().get_all(HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Err(HostError::Several),
@@ -219,7 +240,11 @@ mod tests {
     }
 
     fn req(version: Version, hosts: &[&str]) -> Request<()> {
-        let mut r = Request::builder().version(version).uri("/");
+        req_to(version, "/", hosts)
+    }
+
+    fn req_to(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut r = Request::builder().version(version).uri(uri);
         for h in hosts {
             r = r.header(HOST, *h);
         }
@@ -262,6 +287,70 @@ mod tests {
                 check_host(&req(*version, hosts)),
                 *want,
                 "{version:?} {hosts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn authority_rules() {
+        use HostError::*;
+        let cases: &[(Version, &str, &[&str], Result<(), HostError>)] = &[
+            (Version::HTTP_2, "https://api.example/", &[], Ok(())),
+            (
+                Version::HTTP_2,
+                "https://api.example:8443/",
+                &["API.example:8443"],
+                Ok(()),
+            ),
+            (
+                Version::HTTP_2,
+                "https://api.example/",
+                &["other.example"],
+                Err(Mismatch),
+            ),
+            (
+                Version::HTTP_2,
+                "https://user@api.example/",
+                &[],
+                Err(InvalidAuthority),
+            ),
+            (
+                Version::HTTP_2,
+                "https://api.example:abc/",
+                &[],
+                Err(InvalidAuthority),
+            ),
+            (
+                Version::HTTP_2,
+                "https://api.example:99999/",
+                &[],
+                Err(InvalidAuthority),
+            ),
+            (
+                Version::HTTP_2,
+                "https://x[::1]/",
+                &[],
+                Err(InvalidAuthority),
+            ),
+            // HTTP/1 absolute form: the target's authority wins over Host (RFC 9112 3.2.2).
+            (
+                Version::HTTP_11,
+                "http://api.example/",
+                &["other.example"],
+                Ok(()),
+            ),
+            (
+                Version::HTTP_11,
+                "http://user@api.example/",
+                &["a"],
+                Err(InvalidAuthority),
+            ),
+        ];
+        for (version, uri, hosts, want) in cases {
+            assert_eq!(
+                check_host(&req_to(*version, uri, hosts)),
+                *want,
+                "{version:?} {uri} {hosts:?}"
             );
         }
     }

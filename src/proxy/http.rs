@@ -186,10 +186,10 @@ async fn forward(
     strip_hop_by_hop(headers);
     // Before ours are added: a client cannot send any of them, in any spelling.
     strip_protected(headers);
-    if !headers.contains_key(header::HOST) {
-        if let Some(Ok(host)) = inbound_authority.map(|a| HeaderValue::from_str(&a)) {
-            headers.insert(header::HOST, host);
-        }
+    // The target's authority (HTTP/2 `:authority`, an HTTP/1 absolute-form target) is the host
+    // the client means; the app reads it from Host (RFC 9112 3.2.2: it replaces Host).
+    if let Some(Ok(host)) = inbound_authority.map(|a| HeaderValue::from_str(&a)) {
+        headers.insert(header::HOST, host);
     }
     set(headers, "x-client-cert", &id.escaped_pem);
     set(headers, "x-client-dn", &id.subject);

@@ -119,11 +119,17 @@ pub async fn serve_conn<S, F, Fut>(
             _ = &mut age, if open => {}
             _ = activity.idle(cfg.idle_timeout), if open => {}
             _ = requests.idle(cfg.idle_timeout, None), if open => {}
-            // Graceful close waits for in-flight responses. A client that does not let the
-            // close finish (no request left, yet the connection stays) is dropped after a short
-            // grace; one that stalls (half-sent request headers, an upstream that stops
-            // mid-body) once nothing moved for the idle timeout plus the grace.
-            _ = requests.idle(CLOSE_GRACE, closing), if !open => {
+            // Graceful close waits for in-flight responses, and then for their last bytes to
+            // leave (a slow reader may still be taking a response's tail from the buffers).
+            // With no request left it is dropped once nothing moved for a short grace, or, if
+            // the client keeps it busy without a request (PINGs), once the idle timeout has
+            // passed since the close began. One that stalls with a request in flight (an
+            // upstream that stops mid-body) once nothing moved for the idle timeout plus the grace.
+            _ = drained(&requests, &activity, closing), if !open => {
+                debug!(listener = %cfg.name, %peer, "closing a connection with nothing left to send");
+                return;
+            }
+            _ = requests.idle(cfg.idle_timeout, closing), if !open => {
                 debug!(listener = %cfg.name, %peer, "closing a connection that did not close by itself");
                 return;
             }
@@ -136,6 +142,19 @@ pub async fn serve_conn<S, F, Fut>(
             closing = Some(Instant::now());
             conn.as_mut().graceful_shutdown();
         }
+    }
+}
+
+/// Resolves once no request was in progress and nothing moved for `CLOSE_GRACE`, both counted
+/// from `since` at the earliest.
+async fn drained(requests: &Requests, activity: &Activity, since: Option<Instant>) {
+    loop {
+        requests.idle(CLOSE_GRACE, since).await;
+        let quiet = activity.idle_for();
+        if quiet >= CLOSE_GRACE {
+            return;
+        }
+        tokio::time::sleep(CLOSE_GRACE - quiet).await;
     }
 }
 
@@ -160,7 +179,7 @@ impl Requests {
     }
 
     fn enter(&self) -> RequestGuard {
-        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         RequestGuard(self.clone())
     }
 
@@ -168,15 +187,17 @@ impl Requests {
     /// earliest.
     async fn idle(&self, limit: Duration, not_before: Option<Instant>) {
         loop {
-            let from = if self.0.in_flight.load(Ordering::Relaxed) > 0 {
+            // Acquire pairs with the guard's Release: seeing the count drop to zero means seeing
+            // the end time stored before it.
+            let from = if self.0.in_flight.load(Ordering::Acquire) > 0 {
                 // Busy: look again a full `limit` later (one timer per connection).
                 Instant::now()
             } else {
                 let end = self.0.epoch
-                    + Duration::from_millis(self.0.last_end_ms.load(Ordering::Relaxed));
+                    + Duration::from_millis(self.0.last_end_ms.load(Ordering::Acquire));
                 not_before.map_or(end, |t| t.max(end))
             };
-            if self.0.in_flight.load(Ordering::Relaxed) == 0 && from.elapsed() >= limit {
+            if self.0.in_flight.load(Ordering::Acquire) == 0 && from.elapsed() >= limit {
                 return;
             }
             tokio::time::sleep_until(from + limit).await;
@@ -192,8 +213,8 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         let r = &(self.0).0;
         r.last_end_ms
-            .store(r.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        r.in_flight.fetch_sub(1, Ordering::Relaxed);
+            .store(r.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        r.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 

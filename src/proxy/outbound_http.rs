@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::chain::{error_chain, find_in_chain};
-use super::headers::check_host;
 use super::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
 use super::io::{Activity, Slotted, TouchBody, UpstreamSlots};
 use super::listener::Shared;
@@ -155,9 +154,8 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound) -> Response<Body> {
             "CONNECT is not supported: requests go to --target",
         );
     }
-    if let Err(e) = check_host(&req) {
-        return short(StatusCode::BAD_REQUEST, &format!("bad request: {e}"));
-    }
+    // The app's Host is replaced by the server's name below: no Host rules to apply here (a
+    // legacy app's sloppy Host must not break its calls).
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     match format!("https://{}{}", ctx.remote.authority, path).parse() {

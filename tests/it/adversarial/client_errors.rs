@@ -4,7 +4,6 @@
 //! false upstream alerts.
 
 use std::io::{BufReader, Write};
-use std::time::Duration;
 
 use super::*;
 use crate::support::http1::read_response;
@@ -72,7 +71,11 @@ fn a_body_cut_short_by_the_client_is_not_an_upstream_failure() {
         sc.log()
     );
     drop(conn);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_until(WAIT, || sc.log().contains("request body failed")),
+        "the cut-short body was never noticed\n{}",
+        sc.log()
+    );
     assert_eq!(
         sc.counter(r#"mtls_sidecar_upstream_failures_total{listener="server"}"#),
         0.0,

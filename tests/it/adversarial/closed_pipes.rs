@@ -21,12 +21,24 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
 }
 
-/// A free loopback port (bound and released: the process under test binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+/// Reads log lines from `reader` until it has the admin endpoint's and the listener's
+/// addresses (the sidecar logs them at start-up): (listener, admin).
+fn addresses_from_log(reader: &mut impl BufRead) -> (String, String) {
+    let (mut listen, mut admin) = (None, None);
+    let mut line = String::new();
+    while listen.is_none() || admin.is_none() {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("read the sidecar's log");
+        assert!(n > 0, "the sidecar's log ended before it listened");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let address = v["fields"]["address"].as_str().map(str::to_string);
+        match v["fields"]["message"].as_str() {
+            Some("listener bound") => listen = address,
+            Some("admin endpoint listening") => admin = address,
+            _ => {}
+        }
+    }
+    (listen.expect("listener"), admin.expect("admin"))
 }
 
 fn exit_code(child: &mut Reaped) -> Option<i32> {
@@ -46,14 +58,11 @@ fn server_keeps_serving_when_its_stderr_is_a_closed_pipe() {
     let (env, _) = Env::with_first(TestPki::server);
     let upstream = HttpUpstream::start();
     let (read, write) = pipe();
-    drop(read);
-    let (port, admin) = (free_port(), free_port());
     let mut child = Reaped(
         Command::new(bin())
             .args(["server", "--cert-dir"])
             .arg(env.dir())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args([
                 "--target",
                 &upstream.addr(),
@@ -61,6 +70,7 @@ fn server_keeps_serving_when_its_stderr_is_a_closed_pipe() {
                 "http",
                 "--allow-all",
             ])
+            .args(["--log-format", "json"])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -68,7 +78,10 @@ fn server_keeps_serving_when_its_stderr_is_a_closed_pipe() {
             .spawn()
             .expect("spawn mtls-sidecar"),
     );
-    let addr = format!("127.0.0.1:{port}");
+    // Read the start-up lines for the addresses, then close the pipe: a log collector gone.
+    let mut log = BufReader::new(std::fs::File::from(read));
+    let (addr, _admin) = addresses_from_log(&mut log);
+    drop(log);
     let client = client_for(&env, &env.pki.client());
     assert!(
         wait_until(WAIT, || client

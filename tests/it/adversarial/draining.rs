@@ -11,7 +11,8 @@ use super::*;
 #[test]
 fn readyz_is_503_while_draining_and_the_request_in_flight_completes() {
     let (env, upstream, mut sc) = http_proxy(&["--shutdown-grace", "20s"]);
-    upstream.set_delay(Duration::from_secs(3));
+    // Long enough for every check below to run while the request is still in flight.
+    upstream.set_delay(Duration::from_secs(6));
     let client = client_for(&env, &env.pki.client());
     let addr = sc.listen_addr().to_string();
     let in_flight = std::thread::spawn(move || client.get(&addr, "/slow"));

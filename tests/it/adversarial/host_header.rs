@@ -69,3 +69,71 @@ fn one_host_or_none_on_http_1_0_is_forwarded() {
     }
     assert_eq!(upstream.requests_finished(), 2);
 }
+
+/// One HTTP/2 request with `fields` (after `:method`, `:scheme`, `:path`) on a fresh
+/// connection: its status, or 0 if the stream or connection was reset instead.
+fn h2_request(env: &Env, addr: &str, fields: &[(&str, &str)]) -> u16 {
+    use crate::support::h2raw::{hpack_literal, kind, response_status, H2Conn};
+    let mut conn =
+        H2Conn::connect(addr, &env.pki.root.cert_pem, &env.pki.client()).expect("h2 connection");
+    let mut block = hpack_literal(":method", "GET");
+    block.extend(hpack_literal(":scheme", "https"));
+    block.extend(hpack_literal(":path", "/h2-host"));
+    for (name, value) in fields {
+        block.extend(hpack_literal(name, value));
+    }
+    conn.headers(1, &block, true, true).expect("send HEADERS");
+    loop {
+        match conn.read_frame(WAIT) {
+            Ok(Some(f)) if f.kind == kind::HEADERS && f.stream_id == 1 => {
+                return response_status(f.header_block()).expect("a :status");
+            }
+            Ok(Some(f)) if f.kind == kind::RST_STREAM || f.is_goaway() => return 0,
+            Ok(Some(_)) => continue,
+            Ok(None) => return 0,
+            Err(e) => panic!("no answer: {e}"),
+        }
+    }
+}
+
+#[test]
+fn http2_authority_must_be_a_host_and_agree_with_host() {
+    let (env, upstream, sc) = http_proxy(&[]);
+    let name = "api.production.svc.cluster.local";
+    let bad: [(&str, Vec<(&str, &str)>); 4] = [
+        (
+            "a non-numeric port",
+            vec![(":authority", "api.production.svc.cluster.local:abc")],
+        ),
+        ("brackets around a name", vec![(":authority", "x[::1]")]),
+        (
+            "a port over 65535",
+            vec![(":authority", "api.production.svc.cluster.local:70000")],
+        ),
+        (
+            "a Host naming another host",
+            vec![(":authority", name), ("host", "admin.internal")],
+        ),
+    ];
+    for (what, fields) in &bad {
+        let status = h2_request(&env, sc.listen_addr(), fields);
+        assert!(
+            status == 400 || status == 0,
+            "{what}: got {status}, expected 400 or a reset"
+        );
+    }
+    assert_eq!(
+        upstream.requests_started(),
+        0,
+        "a bad authority was forwarded"
+    );
+    // The same name in both is fine, and the app reads it from Host.
+    let ok = h2_request(
+        &env,
+        sc.listen_addr(),
+        &[(":authority", name), ("host", name)],
+    );
+    assert_eq!(ok, 200);
+    let seen = upstream.last().expect("forwarded");
+    assert_eq!(seen.all("host"), [name]);
+}
