@@ -294,7 +294,8 @@ mod tests {
     #[test]
     fn authority_rules() {
         use HostError::*;
-        let cases: &[(Version, &str, &[&str], Result<(), HostError>)] = &[
+        type Case<'a> = (Version, &'a str, &'a [&'a str], Result<(), HostError>);
+        let cases: &[Case<'_>] = &[
             (Version::HTTP_2, "https://api.example/", &[], Ok(())),
             (
                 Version::HTTP_2,
