@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::fixture::Env;
 use crate::support::kubelet::Rng;
-use crate::support::pki::TestPki;
 use crate::support::sidecar::Sidecar;
 use crate::support::tls_client::{TlsClient, IO_TIMEOUT};
 use crate::support::upstream::HttpUpstream;
@@ -28,33 +27,11 @@ const RSS_BOUND_KIB: u64 = 200 * 1024;
 
 /// `server --protocol http --allow-all EXTRA...` on a fresh volume and upstream, ready.
 fn start(extra: &[&str]) -> (Env, HttpUpstream, Sidecar) {
-    let (env, _leaf) = Env::with_first(TestPki::server);
-    let upstream = HttpUpstream::start();
-    let dir = env.dir().display().to_string();
-    let target = upstream.addr();
-    let mut args = vec![
-        "--cert-dir",
-        &dir,
-        "--listen",
-        "127.0.0.1:0",
-        "--target",
-        &target,
-        "--protocol",
-        "http",
-        "--allow-all",
-    ];
-    args.extend_from_slice(extra);
-    let sc = Sidecar::server(args);
-    assert!(
-        sc.wait_until(WAIT, || sc.ready()),
-        "/readyz never 200: {}",
-        sc.log()
-    );
-    (env, upstream, sc)
+    super::http_proxy(extra)
 }
 
 fn client(env: &Env) -> TlsClient {
-    TlsClient::with_leaf(&env.pki.root.cert_pem, &env.pki.client())
+    super::client_for(env, &env.pki.client())
 }
 
 /// A legitimate client gets 200 (retried until `WAIT`: the sidecar may still be working

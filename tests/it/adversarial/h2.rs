@@ -25,7 +25,7 @@ use crate::support::h2raw::{
     code, flag, frame_bytes, get_block, hpack_indexed, hpack_int, hpack_literal,
     hpack_literal_incremental, kind, response_status, Frame, H2Conn,
 };
-use crate::support::pki::{Leaf, TestPki};
+use crate::support::pki::Leaf;
 use crate::support::sidecar::Sidecar;
 use crate::support::tls_client::TlsClient;
 use crate::support::upstream::HttpUpstream;
@@ -50,27 +50,7 @@ struct Proxy {
 impl Proxy {
     /// `server --protocol http --allow-all EXTRA...` in front of a fresh upstream, ready.
     fn start(extra: &[&str]) -> Proxy {
-        let (env, _) = Env::with_first(TestPki::server);
-        let upstream = HttpUpstream::start();
-        let dir = env.dir().display().to_string();
-        let target = upstream.addr();
-        let mut args = vec![
-            "--cert-dir",
-            &dir,
-            "--listen",
-            "127.0.0.1:0",
-            "--target",
-            &target,
-            "--protocol",
-            "http",
-            "--allow-all",
-            "--poll-interval",
-            "1s",
-        ];
-        args.extend(extra);
-        let sc = Sidecar::server(args);
-        let ready = sc.wait_until(WAIT, || sc.ready());
-        assert!(ready, "/readyz never 200 within {WAIT:?}\n{}", sc.log());
+        let (env, upstream, sc) = super::http_proxy(extra);
         let client = env.pki.client();
         Proxy {
             sc,

@@ -41,31 +41,13 @@ const MIN_LINE: usize = 16;
 fn no_private_key_material_in_logs_status_or_metrics_at_trace_level() {
     let (mut env, server) = Env::with_first(TestPki::server);
     let upstream = HttpUpstream::start();
-    let dir = env.dir().display().to_string();
-    let target = upstream.addr();
-    let sc = Sidecar::server([
-        "--cert-dir",
-        &dir,
-        "--listen",
-        "127.0.0.1:0",
-        "--target",
-        &target,
-        "--protocol",
+    let sc = Sidecar::server(super::server_args(
+        &env,
         "http",
-        "--allow-cn",
-        "web-app",
-        "--log-level",
-        "trace",
-        "--poll-interval",
-        "1s",
-        "--debounce",
-        "100ms",
-    ]);
-    assert!(
-        sc.wait_until(WAIT, || sc.ready()),
-        "/readyz never 200: {}",
-        sc.log()
-    );
+        &upstream.addr(),
+        &["--allow-cn", "web-app", "--log-level", "trace"],
+    ));
+    super::wait_ready(&sc);
     let addr = sc.listen_addr().to_string();
     let ca = env.pki.root.cert_pem.clone();
     let mut keys = KeyRegistry::default();

@@ -17,7 +17,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::support::fixture::Env;
-use crate::support::pki::TestPki;
 use crate::support::sidecar::Sidecar;
 use crate::support::tls_client::{TlsClient, TlsConn, SERVER_NAME};
 use crate::support::upstream::HttpUpstream;
@@ -30,33 +29,11 @@ const TRICKLE: Duration = Duration::from_millis(500);
 
 /// `server --protocol http --allow-all EXTRA...` on a fresh volume and upstream, ready.
 fn start(extra: &[&str]) -> (Env, HttpUpstream, Sidecar) {
-    let (env, _leaf) = Env::with_first(TestPki::server);
-    let upstream = HttpUpstream::start();
-    let dir = env.dir().display().to_string();
-    let target = upstream.addr();
-    let mut args = vec![
-        "--cert-dir",
-        &dir,
-        "--listen",
-        "127.0.0.1:0",
-        "--target",
-        &target,
-        "--protocol",
-        "http",
-        "--allow-all",
-    ];
-    args.extend_from_slice(extra);
-    let sc = Sidecar::server(args);
-    assert!(
-        sc.wait_until(WAIT, || sc.ready()),
-        "/readyz never 200: {}",
-        sc.log()
-    );
-    (env, upstream, sc)
+    super::http_proxy(extra)
 }
 
 fn client(env: &Env) -> TlsClient {
-    TlsClient::with_leaf(&env.pki.root.cert_pem, &env.pki.client())
+    super::client_for(env, &env.pki.client())
 }
 
 /// `handshake_failures_total{listener="server",reason="timeout"}`.

@@ -4,7 +4,7 @@
 //! headers of other proxies. None may reach the app; only ours, with the verified values.
 
 use super::*;
-use crate::support::cli_clients::{port_of, users_curl};
+use crate::support::cli_clients::{curl_dir, port_of, users_curl};
 use crate::support::require_tool;
 use crate::support::upstream::Echoed;
 
@@ -99,15 +99,7 @@ fn forged_identity_headers_in_any_spelling_never_reach_the_app_over_http2() {
         return;
     }
     let (env, _upstream, sc) = http_proxy(&[]);
-    let leaf = env.pki.client();
-    let dir = tempfile::tempdir().expect("tempdir");
-    for (name, body) in [
-        ("client.crt", &leaf.chain_pem),
-        ("client.key", &leaf.key_pkcs8_pem),
-        ("ca.crt", &env.pki.root.cert_pem),
-    ] {
-        std::fs::write(dir.path().join(name), body).expect("write client file");
-    }
+    let dir = curl_dir(&env.pki.root.cert_pem, &env.pki.client());
     let mut args: Vec<String> = vec!["--http2".into()];
     for (name, value) in FORGED.iter().chain(&[("X-Request-Id", "kept")]) {
         args.push("-H".into());

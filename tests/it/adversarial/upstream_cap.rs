@@ -9,26 +9,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::*;
-use crate::support::cli_clients::{port_of, run_bounded, users_curl_paths};
+use crate::support::cli_clients::{curl_dir, port_of, run_bounded, users_curl_paths};
 use crate::support::{bin, require_tool};
-
-/// A temp dir with `client.crt`, `client.key` and `ca.crt` for `users_curl_paths`.
-fn curl_dir(env: &Env) -> tempfile::TempDir {
-    let leaf = env.pki.client();
-    let dir = tempfile::tempdir().expect("tempdir");
-    for (name, body) in [
-        ("client.crt", &leaf.chain_pem),
-        ("client.key", &leaf.key_pkcs8_pem),
-        ("ca.crt", &env.pki.root.cert_pem),
-    ] {
-        std::fs::write(dir.path().join(name), body).expect("write client file");
-    }
-    dir
-}
 
 /// `n` GETs multiplexed by curl on one HTTP/2 connection; their status codes.
 fn multiplexed(env: &Env, sc: &Sidecar, n: usize) -> Vec<u16> {
-    let dir = curl_dir(env);
+    let dir = curl_dir(&env.pki.root.cert_pem, &env.pki.client());
     let paths: Vec<String> = (0..n).map(|i| format!("/r{i}")).collect();
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
     let res = users_curl_paths(

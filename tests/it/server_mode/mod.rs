@@ -91,15 +91,7 @@ fn client_for(env: &Env, leaf: &Leaf) -> TlsClient {
 /// A temp dir holding `client.crt` (`leaf`'s chain), `client.key` and `ca.crt` (`env`'s root),
 /// for `users_curl`.
 fn curl_dir(env: &Env, leaf: &Leaf) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for (name, body) in [
-        ("client.crt", &leaf.chain_pem),
-        ("client.key", &leaf.key_pkcs8_pem),
-        ("ca.crt", &env.pki.root.cert_pem),
-    ] {
-        std::fs::write(dir.path().join(name), body).expect("write client file");
-    }
-    dir
+    crate::support::cli_clients::curl_dir(&env.pki.root.cert_pem, leaf)
 }
 
 /// Assert that `client` cannot get a response from `addr` (handshake refused, or the

@@ -179,6 +179,20 @@ pub fn s_client(cwd: &Path, addr: &str, args: &[&str], stdin: &[u8]) -> Ran {
     run_bounded(&mut cmd, stdin, Duration::from_secs(15))
 }
 
+/// A temp dir holding `client.crt` (`leaf`'s chain), `client.key` and `ca.crt` (`ca_pem`): the
+/// files `users_curl` passes, named as in our users' guide.
+pub fn curl_dir(ca_pem: &str, leaf: &super::pki::Leaf) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, body) in [
+        ("client.crt", leaf.chain_pem.as_str()),
+        ("client.key", leaf.key_pkcs8_pem.as_str()),
+        ("ca.crt", ca_pem),
+    ] {
+        std::fs::write(dir.path().join(name), body).expect("write client file");
+    }
+    dir
+}
+
 /// The port of a `host:port` address.
 pub fn port_of(addr: &str) -> u16 {
     addr.rsplit_once(':')
