@@ -13,6 +13,7 @@
 //! - `upstream_cap`: upstream connections are capped per listener; the fd limit is reconciled
 //! - `signals`: SIGHUP reloads, other terminating signals are logged and ignored
 //! - `draining`: `/readyz` is 503 while draining after SIGTERM
+//! - `file_faults`: hostile credential files (special files, garbage, huge lines, loops)
 //! - `closed_pipes`: a closed stdout or stderr never kills the process
 //! - `transient_reload`: EMFILE while reading credentials is retried with backoff
 //! - `key_material`: no private key byte in any log line, at trace level
@@ -21,6 +22,7 @@ mod admin_probes;
 mod client_errors;
 mod closed_pipes;
 mod draining;
+mod file_faults;
 mod floods;
 mod h2;
 mod host_header;
