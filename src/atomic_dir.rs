@@ -1,4 +1,4 @@
-//! Writes files the way kubelet's atomic writer updates a Secret volume (../shared/KUBELET.md):
+//! Writes files the way kubelet's atomic writer updates a Secret volume (docs/kubelet-volumes.md):
 //! a new `..YYYY_MM_DD_HH_MM_SS.N` directory, files inside it, a `..data_tmp` symlink renamed
 //! onto `..data` (the commit point), top-level symlinks for new keys, then the old directory
 //! removed. Readers that resolve `..data` once always see a complete generation. Used by the

@@ -1,4 +1,4 @@
-//! The 20 scenarios of `../shared/KUBELET.md`, each replayed against a running
+//! The 20 scenarios of `docs/kubelet-volumes.md`, each replayed against a running
 //! `mtls-sidecar watch` and asserted through its admin endpoint (`/status` generation and
 //! serial, `/metrics`) and its exec action (one line per invocation, carrying the
 //! generation and SHA-256, so every published leaf maps back to one we wrote).

@@ -1,4 +1,4 @@
-//! `KubeletVolume`: replays kubelet's atomic writer (`../shared/KUBELET.md`, steps 1-12 of
+//! `KubeletVolume`: replays kubelet's atomic writer (`docs/kubelet-volumes.md`, steps 1-12 of
 //! `pkg/volume/util/atomic_writer.go`) on a plain directory, one syscall-level step at a time,
 //! so tests see exactly the inotify events a Secret volume produces in a pod.
 //!

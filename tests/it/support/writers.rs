@@ -1,7 +1,7 @@
 //! Writers that are *not* kubelet: what other tools (or crashes, or mistakes) do to a
 //! credentials directory. Plain files rewritten in place, a key written before its cert,
 //! `..data` looping onto itself or aimed at `/dev/zero`, a 2 MiB file, a stale `..data_tmp`.
-//! Each one is a scenario of `../shared/KUBELET.md` that a watcher must survive.
+//! Each one is a scenario of `docs/kubelet-volumes.md` that a watcher must survive.
 
 use std::fs;
 use std::io::Write;
