@@ -242,7 +242,17 @@ pub fn not_ready(state: &AdminState) -> Option<String> {
             Some(_) => None,
         })
         .collect();
-    (!reasons.is_empty()).then(|| reasons.join("; "))
+    if !reasons.is_empty() {
+        return Some(reasons.join("; "));
+    }
+    // Credentials are published; the listeners serve them a moment later.
+    let waiting: Vec<String> = state
+        .listeners
+        .iter()
+        .filter(|l| !l.is_serving())
+        .map(|l| format!("listener {}: not serving the credentials yet", l.name))
+        .collect();
+    (!waiting.is_empty()).then(|| waiting.join("; "))
 }
 
 /// The `/status` document (SPEC shape; more fields may be added).

@@ -211,6 +211,7 @@ pub async fn run_server(plan: ServerPlan) -> anyhow::Result<()> {
         core.store.clone(),
         tls.clone(),
         move |p| tls::server_config(&p.bundle, min_tls, &alpn),
+        shared.stats.clone(),
         core.cancel.clone(),
     ));
     let handler = Inbound {
@@ -264,6 +265,7 @@ pub async fn run_client(plan: ClientPlan) -> anyhow::Result<()> {
         core.store.clone(),
         origin.clone(),
         build,
+        shared.stats.clone(),
         core.cancel.clone(),
     ));
     let handler = Outbound {
@@ -292,6 +294,7 @@ async fn start_listener(
         name: cfg.name.clone(),
         address,
         active: AtomicI64::new(0),
+        serving: AtomicBool::new(false),
     });
     core.start_admin(plan.admin, vec![stats.clone()]).await?;
     let metrics = ListenerMetrics::new(core.metrics.clone(), &cfg.name);

@@ -30,7 +30,7 @@ pub mod tcp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -107,17 +107,24 @@ pub struct ListenerConfig {
     pub max_connection_age: Option<Duration>,
 }
 
-/// A listener as `/status` shows it.
+/// A listener as `/status` and `/readyz` see it.
 #[derive(Debug)]
 pub struct ListenerStats {
     pub name: String,
     pub address: SocketAddr,
     pub active: AtomicI64,
+    /// Set once connections are served with the published credentials (the rustls config or
+    /// origin is built): `/readyz` waits for it, not only for the publish.
+    pub serving: AtomicBool,
 }
 
 impl ListenerStats {
     pub fn active_connections(&self) -> i64 {
         self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
     }
 }
 
@@ -186,12 +193,14 @@ impl ListenerMetrics {
 /// an upstream origin (`client`). `None` until the first valid bundle.
 pub type Slot<T> = ArcSwapOption<T>;
 
-/// Rebuilds `slot` with `build` after every publish until `cancel`; a build that fails keeps
-/// the previous value (validation already proved the bundle usable, so this is not expected).
+/// Rebuilds `slot` with `build` after every publish until `cancel`, and marks `stats` as
+/// serving once it holds a value; a build that fails keeps the previous value (validation
+/// already proved the bundle usable, so this is not expected).
 pub async fn follow_store<T>(
     store: Arc<Store>,
     slot: Arc<Slot<T>>,
     build: impl Fn(&Published) -> Result<Arc<T>, String>,
+    stats: Arc<ListenerStats>,
     cancel: CancellationToken,
 ) {
     let mut generations = store.subscribe();
@@ -200,6 +209,7 @@ pub async fn follow_store<T>(
             match build(&p) {
                 Ok(v) => {
                     slot.store(Some(v));
+                    stats.serving.store(true, Ordering::Release);
                     info!(
                         set = store.set(),
                         generation = p.generation,
