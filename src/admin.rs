@@ -33,14 +33,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub listeners: Vec<Arc<ListenerStats>>,
     /// Set when shutdown starts: not ready while draining.
-    pub draining: AtomicBool,
-}
-
-impl AdminState {
-    /// From now on `/readyz` answers 503: the process is shutting down.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Probe connections the kernel holds while the accept loop catches up with a flood (the

@@ -4,7 +4,7 @@
 //! (see [`crate::signals`]): SIGHUP asks the reload task for a re-read, a SIGTERM that arrives
 //! during start-up drains like a later one. The only module that knows every stage.
 
-use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +85,8 @@ struct Core {
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
     store: Arc<Store>,
-    admin: Arc<AdminState>,
+    /// Set when the drain starts; `/readyz` reads it.
+    draining: Arc<AtomicBool>,
     tasks: JoinSet<()>,
 }
 
@@ -94,12 +95,6 @@ fn start_core(plan: &CorePlan, signals: Signals) -> Core {
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     let store = Store::new(plan.set.name.clone(), metrics.clone());
-    let admin = Arc::new(AdminState {
-        stores: vec![store.clone()],
-        metrics: metrics.clone(),
-        listeners: Vec::new(),
-        draining: AtomicBool::new(false),
-    });
     let mut tasks = JoinSet::new();
     let (tx, rx) = mpsc::channel(1);
     tasks.spawn(handle_signals(
@@ -125,7 +120,7 @@ fn start_core(plan: &CorePlan, signals: Signals) -> Core {
         shutdown,
         metrics,
         store,
-        admin,
+        draining: Arc::new(AtomicBool::new(false)),
         tasks,
     }
 }
@@ -145,12 +140,11 @@ impl Core {
             )
         })?;
         let state = Arc::new(AdminState {
-            stores: self.admin.stores.clone(),
+            stores: vec![self.store.clone()],
             metrics: self.metrics.clone(),
             listeners,
-            draining: AtomicBool::new(false),
+            draining: self.draining.clone(),
         });
-        self.admin = state.clone();
         self.tasks
             .spawn(admin::serve(socket, state, self.cancel.clone()));
         Ok(())
@@ -162,7 +156,7 @@ impl Core {
         tokio::select! {
             _ = self.shutdown.cancelled() => {
                 // Not ready from now on, while open connections drain.
-                self.admin.start_draining();
+                self.draining.store(true, Ordering::Relaxed);
                 Ok(())
             }
             Some(ended) = self.tasks.join_next() => {
