@@ -4,7 +4,7 @@
 //! (see [`crate::signals`]): SIGHUP asks the reload task for a re-read, a SIGTERM that arrives
 //! during start-up drains like a later one. The only module that knows every stage.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,15 +20,14 @@ use crate::admin::{self, AdminState};
 use crate::cli::{Listen, ReloadArgs};
 use crate::creds::store::Store;
 use crate::metrics::Metrics;
-use crate::proxy::authz::Allow;
-use crate::proxy::inbound::Inbound;
-use crate::proxy::io::UpstreamSlots;
+use crate::proxy::handshake::HandshakeFailure;
+use crate::proxy::inbound::{Allow, Inbound};
 use crate::proxy::listener::{self, Handler, Shared};
-use crate::proxy::outbound::{Origin, Outbound, Remote};
-use crate::proxy::{self, ListenerConfig, ListenerMetrics, ListenerStats, Protocol, Slot};
+use crate::proxy::outbound::{Outbound, Remote};
+use crate::proxy::{ListenerConfig, ListenerStats};
 use crate::reload::{self, SetConfig};
 use crate::signals::{Received, Signals};
-use crate::tls::{self, Pins};
+use crate::tls::Pins;
 use crate::watch::{self, Trigger, WatchConfig};
 
 /// How credentials are watched, for every long-running subcommand.
@@ -193,80 +192,24 @@ pub async fn run_watch(plan: WatchPlan) -> anyhow::Result<()> {
 /// Runs `server` until SIGTERM or SIGINT, then drains for up to the grace period.
 pub async fn run_server(plan: ServerPlan) -> anyhow::Result<()> {
     let signals = install_signals()?;
-    let cfg = plan.listener;
-    let (socket, mut core, shared) = start_listener(cfg, &plan.core, signals).await?;
-    let tls: Arc<Slot<rustls::ServerConfig>> = Arc::new(Slot::empty());
-    let alpn: Vec<&'static [u8]> = match shared.cfg.protocol {
-        Protocol::Http => vec![b"h2", b"http/1.1"],
-        Protocol::Tcp => Vec::new(),
-    };
-    let min_tls = shared.cfg.min_tls;
-    core.tasks.spawn(proxy::follow_store(
-        core.store.clone(),
-        tls.clone(),
-        move |p| tls::server_config(&p.bundle, min_tls, &alpn),
-        shared.stats.clone(),
-        core.cancel.clone(),
-    ));
-    let handler = Inbound {
-        http: (shared.cfg.protocol == Protocol::Http).then(|| {
-            proxy::http::Proxy::new(
-                &shared.cfg.target,
-                shared.cfg.connect_timeout,
-                shared.upstream.clone(),
-            )
-        }),
-        allow: plan.allow,
-        tls,
-        shared,
-    };
+    let reasons = HandshakeFailure::INBOUND;
+    let (socket, mut core, shared) =
+        start_listener(plan.listener, &plan.core, signals, reasons).await?;
+    let handler = Inbound::new(shared, plan.allow);
+    core.tasks
+        .spawn(handler.follow(core.store.clone(), core.cancel.clone()));
     serve_until_shutdown(socket, core, handler, plan.shutdown_grace).await
 }
 
 /// Runs `client` until SIGTERM or SIGINT, then drains for up to the grace period.
 pub async fn run_client(plan: ClientPlan) -> anyhow::Result<()> {
     let signals = install_signals()?;
-    let (socket, mut core, shared) = start_listener(plan.listener, &plan.core, signals).await?;
-    let origin: Arc<Slot<Origin>> = Arc::new(Slot::empty());
-    let remote = Arc::new(plan.remote);
-    let http = shared.cfg.protocol == Protocol::Http;
-    // Offer HTTP/2 in http mode (the pool multiplexes over it); tcp mode carries opaque bytes.
-    let alpn: Vec<&'static [u8]> = if http {
-        vec![b"h2", b"http/1.1"]
-    } else {
-        Vec::new()
-    };
-    let build = {
-        let (remote, pins, min_tls) = (remote.clone(), plan.pins, shared.cfg.min_tls);
-        let pool_shared = Shared {
-            cfg: shared.cfg.clone(),
-            metrics: shared.metrics.clone(),
-            stats: shared.stats.clone(),
-            upstream: shared.upstream.clone(),
-        };
-        move |p: &crate::creds::store::Published| {
-            let cfg = tls::client_config(&p.bundle, min_tls, &alpn, &pins)?;
-            let connector = tokio_rustls::TlsConnector::from(cfg);
-            Ok(Arc::new(Origin {
-                pool: http.then(|| {
-                    proxy::outbound_http::Pool::new(remote.clone(), connector.clone(), &pool_shared)
-                }),
-                tls: connector,
-            }))
-        }
-    };
-    core.tasks.spawn(proxy::follow_store(
-        core.store.clone(),
-        origin.clone(),
-        build,
-        shared.stats.clone(),
-        core.cancel.clone(),
-    ));
-    let handler = Outbound {
-        shared,
-        remote,
-        origin,
-    };
+    let reasons = HandshakeFailure::OUTBOUND;
+    let (socket, mut core, shared) =
+        start_listener(plan.listener, &plan.core, signals, reasons).await?;
+    let handler = Outbound::new(shared, plan.remote, plan.pins);
+    core.tasks
+        .spawn(handler.follow(core.store.clone(), core.cancel.clone()));
     serve_until_shutdown(socket, core, handler, plan.shutdown_grace).await
 }
 
@@ -276,6 +219,7 @@ async fn start_listener(
     cfg: ListenerConfig,
     plan: &CorePlan,
     signals: Signals,
+    reasons: &[HandshakeFailure],
 ) -> anyhow::Result<(tokio::net::TcpListener, Core, Shared)> {
     let (socket, address) = listener::bind(&cfg).await.with_context(|| {
         format!(
@@ -284,26 +228,9 @@ async fn start_listener(
         )
     })?;
     let mut core = start_core(plan, signals);
-    let stats = Arc::new(ListenerStats {
-        name: cfg.name.clone(),
-        address,
-        active: AtomicI64::new(0),
-        serving: AtomicBool::new(false),
-    });
-    core.start_admin(plan.admin, vec![stats.clone()]).await?;
-    let metrics = ListenerMetrics::new(core.metrics.clone(), &cfg.name);
-    let cap = (cfg.protocol == Protocol::Http).then_some(cfg.max_upstream_connections);
-    let upstream = Arc::new(UpstreamSlots::new(
-        cap,
-        cfg.connect_timeout,
-        metrics.upstream_active.clone(),
-    ));
-    let shared = Shared {
-        metrics,
-        stats,
-        upstream,
-        cfg,
-    };
+    let shared = Shared::new(cfg, core.metrics.clone(), address, reasons);
+    core.start_admin(plan.admin, vec![shared.stats.clone()])
+        .await?;
     Ok((socket, core, shared))
 }
 

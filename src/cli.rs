@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::creds::paths::{CredentialPaths, MissingPathError};
 use crate::creds::validate::{Policy, Usage};
+use crate::proxy::Protocol;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -252,8 +253,8 @@ pub struct ServerArgs {
     #[arg(long, env = "MTLS_SIDECAR_TARGET", value_name = "ADDR")]
     pub target: String,
     /// `tcp` copies bytes; `http` proxies requests and adds client-identity headers.
-    #[arg(long, env = "MTLS_SIDECAR_PROTOCOL", value_enum, default_value_t = crate::proxy::Protocol::Tcp)]
-    pub protocol: crate::proxy::Protocol,
+    #[arg(long, env = "MTLS_SIDECAR_PROTOCOL", value_enum, default_value_t = ProtocolArg::Tcp)]
+    pub protocol: ProtocolArg,
     /// Allow every client with a certificate that chains to the CA.
     #[arg(long, env = "MTLS_SIDECAR_ALLOW_ALL")]
     pub allow_all: bool,
@@ -370,10 +371,26 @@ pub struct ClientArgs {
     )]
     pub verify_uri: Vec<String>,
     /// `tcp` carries bytes; `http` forwards requests over a pool of kept-alive mTLS connections.
-    #[arg(long, env = "MTLS_SIDECAR_PROTOCOL", value_enum, default_value_t = crate::proxy::Protocol::Tcp)]
-    pub protocol: crate::proxy::Protocol,
+    #[arg(long, env = "MTLS_SIDECAR_PROTOCOL", value_enum, default_value_t = ProtocolArg::Tcp)]
+    pub protocol: ProtocolArg,
     #[command(flatten)]
     pub conn: ConnArgs,
+}
+
+/// `--protocol`: what a listener carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Tcp,
+    Http,
+}
+
+impl From<ProtocolArg> for Protocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Tcp => Protocol::Tcp,
+            ProtocolArg::Http => Protocol::Http,
+        }
+    }
 }
 
 /// humantime (`500ms`, `30s`, `5m`), or `0` for "off".

@@ -21,7 +21,7 @@ use mtls_sidecar::cli::{
 };
 use mtls_sidecar::creds::validate::Usage;
 use mtls_sidecar::limits::{self, ConnLimits, Fit};
-use mtls_sidecar::proxy::authz::Allow;
+use mtls_sidecar::proxy::inbound::Allow;
 use mtls_sidecar::proxy::outbound::Remote;
 use mtls_sidecar::proxy::{ListenerConfig, Protocol, Target};
 use mtls_sidecar::reload::SetConfig;
@@ -207,7 +207,7 @@ fn server_plan(args: &ServerArgs, limits_chosen: LimitsChosen) -> Result<ServerP
             "server",
             args.listen,
             target,
-            args.protocol,
+            args.protocol.into(),
             &args.conn,
             (limits_chosen, args.admin.admin_listen),
         )?,
@@ -264,7 +264,7 @@ fn client_plan(args: &ClientArgs, limits_chosen: LimitsChosen) -> Result<ClientP
             "client",
             args.listen,
             target,
-            args.protocol,
+            args.protocol.into(),
             &args.conn,
             (limits_chosen, args.admin.admin_listen),
         )?,

@@ -20,6 +20,19 @@ use rustls::{
 };
 
 use crate::creds::validate::Bundle;
+use crate::creds::x509;
+
+/// Why a rustls configuration could not be built from a validated bundle (not expected:
+/// validation checked what rustls needs).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsBuildError {
+    #[error("building the client certificate verifier: {0}")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("building the server certificate verifier: {0}")]
+    ServerVerifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("choosing the TLS versions: {0}")]
+    Versions(#[source] rustls::Error),
+}
 
 /// Lowest TLS version accepted (`--min-tls`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -48,15 +61,15 @@ pub fn server_config(
     bundle: &Bundle,
     min: MinTls,
     alpn: &[&[u8]],
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<Arc<ServerConfig>, TlsBuildError> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let verifier =
         WebPkiClientVerifier::builder_with_provider(bundle.peer_roots().clone(), provider.clone())
             .build()
-            .map_err(|e| format!("client verifier: {e}"))?;
+            .map_err(TlsBuildError::ClientVerifier)?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(min))
-        .map_err(|e| format!("TLS versions: {e}"))?
+        .map_err(TlsBuildError::Versions)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(
             bundle.certified_key().clone(),
@@ -179,19 +192,19 @@ pub fn client_config(
     min: MinTls,
     alpn: &[&[u8]],
     pins: &Pins,
-) -> Result<Arc<ClientConfig>, String> {
+) -> Result<Arc<ClientConfig>, TlsBuildError> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let webpki =
         WebPkiServerVerifier::builder_with_provider(bundle.peer_roots().clone(), provider.clone())
             .build()
-            .map_err(|e| format!("server verifier: {e}"))?;
+            .map_err(TlsBuildError::ServerVerifier)?;
     let verifier = Arc::new(PinnedServer {
         inner: webpki,
         pins: pins.clone(),
     });
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(min))
-        .map_err(|e| format!("TLS versions: {e}"))?
+        .map_err(TlsBuildError::Versions)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
@@ -223,24 +236,22 @@ impl ServerCertVerifier for PinnedServer {
         if self.pins == Pins::default() {
             return Ok(verified);
         }
-        let (dns, uri) = crate::proxy::identity::sans_from_der(end_entity).ok_or(
-            rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
-        )?;
-        // DNS names compare case-insensitively (RFC 4343), URIs exactly.
-        let missing = |kind: &'static str, want: &[String], have: &[String]| {
-            want.iter()
-                .find(|w| {
-                    !have.iter().any(|h| match kind {
-                        "DNS" => h.eq_ignore_ascii_case(w),
-                        _ => h == *w,
-                    })
-                })
-                .map(|value| PinMismatch {
-                    kind,
-                    value: value.clone(),
-                })
-        };
-        match missing("DNS", &self.pins.dns, &dns).or(missing("URI", &self.pins.uri, &uri)) {
+        let sans = x509::sans_from_der(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            CertificateError::BadEncoding,
+        ))?;
+        // DNS names by the one rule of `creds::x509`, URIs exactly.
+        let dns = self.pins.dns.iter().find(|w| !sans.covers_dns(w));
+        let uri = self.pins.uri.iter().find(|w| !sans.uri.contains(w));
+        let mismatch = dns
+            .map(|value| PinMismatch {
+                kind: "DNS",
+                value: value.clone(),
+            })
+            .or(uri.map(|value| PinMismatch {
+                kind: "URI",
+                value: value.clone(),
+            }));
+        match mismatch {
             None => Ok(verified),
             Some(m) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                 OtherError(Arc::new(m)),

@@ -19,7 +19,7 @@ use crate::check::check;
 use crate::cli::{DemoArgs, Listen};
 use crate::creds::paths::CredentialPaths;
 use crate::creds::validate::{Policy, Usage};
-use crate::proxy::authz::Allow;
+use crate::proxy::inbound::Allow;
 use crate::proxy::{ListenerConfig, Protocol, Target};
 use crate::reload::SetConfig;
 use crate::tls::MinTls;

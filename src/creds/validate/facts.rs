@@ -7,7 +7,6 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 
 use crate::creds::dn;
 
@@ -125,26 +124,11 @@ impl CertFacts {
     }
 
     fn from_parsed(cert: &X509Certificate<'_>, der: &[u8]) -> Result<Self, String> {
-        let mut sans = Vec::new();
-        let (mut dns_sans, mut uri_sans) = (Vec::new(), Vec::new());
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|e| format!("malformed subjectAltName ({e})"))?;
-        for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
-            match name {
-                GeneralName::DNSName(d) => {
-                    sans.push(format!("DNS:{d}"));
-                    dns_sans.push(d.to_string());
-                }
-                GeneralName::URI(u) => {
-                    sans.push(format!("URI:{u}"));
-                    uri_sans.push(u.to_string());
-                }
-                GeneralName::IPAddress(ip) => sans.push(format!("IP:{}", ip_string(ip))),
-                GeneralName::RFC822Name(e) => sans.push(format!("email:{e}")),
-                _ => {}
-            }
-        }
+        let crate::creds::x509::Sans {
+            dns: dns_sans,
+            uri: uri_sans,
+            display: sans,
+        } = crate::creds::x509::sans(cert)?;
         let mut eku = EkuFlags::default();
         let mut ekus = Vec::new();
         if let Some(ext) = cert
@@ -204,14 +188,6 @@ fn serial_hex(raw: &[u8]) -> String {
         .position(|b| *b != 0)
         .unwrap_or(raw.len().saturating_sub(1));
     hex::encode(&raw[start..])
-}
-
-fn ip_string(bytes: &[u8]) -> String {
-    match bytes.len() {
-        4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(bytes).unwrap_or_default()).to_string(),
-        16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap_or_default()).to_string(),
-        _ => hex::encode(bytes),
-    }
 }
 
 fn spki_kind(cert: &X509Certificate<'_>) -> KeyKind {

@@ -11,6 +11,7 @@ use super::chain::{EKU_CLIENT, EKU_SERVER};
 use super::error::ValidateError;
 use super::facts::{human_span, rfc3339, CertFacts};
 use super::{unix_time, Policy, Usage};
+use crate::creds::x509::dns_matches;
 
 /// Records `not_yet_valid` / `expired`; returns whether `now` is inside the window.
 pub(super) fn validity(
@@ -128,32 +129,5 @@ pub(super) fn identity(
                 present: present(),
             });
         }
-    }
-}
-
-/// Case-insensitive, trailing dot ignored; a SAN `*.example.com` covers exactly one label.
-fn dns_matches(san: &str, want: &str) -> bool {
-    let san = san.trim_end_matches('.').to_ascii_lowercase();
-    let want = want.trim_end_matches('.').to_ascii_lowercase();
-    if san == want {
-        return true;
-    }
-    match (san.strip_prefix("*."), want.split_once('.')) {
-        (Some(suffix), Some((label, rest))) => !label.is_empty() && rest == suffix,
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dns_matches;
-
-    #[test]
-    fn dns_matching() {
-        assert!(dns_matches("API.production.svc", "api.production.svc."));
-        assert!(dns_matches("*.example.com", "api.example.com"));
-        assert!(!dns_matches("*.example.com", "a.b.example.com"));
-        assert!(!dns_matches("*.example.com", "example.com"));
-        assert!(!dns_matches("api.example.com", "*.example.com"));
     }
 }

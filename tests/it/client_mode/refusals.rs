@@ -175,6 +175,34 @@ fn verify_pin_the_server_lacks_is_refused_as_pin_mismatch() {
 }
 
 #[test]
+fn a_pin_mismatch_is_reported_in_words_not_as_debug_text() {
+    let pods = Pods::new();
+    let (_upstream, server) = our_server(&pods, &[]);
+    let args = client_args(
+        &pods.client_dir(),
+        "http",
+        server.listen_addr(),
+        SERVER_NAME,
+        &["--verify-dns", "api.example.com"],
+    );
+    let client = Client::start_with(args);
+    wait_ready(&client);
+    let resp = client.fetch("/").expect("a 502 answer");
+    assert_eq!(resp.status, 502);
+    let body = resp.body_text();
+    assert!(
+        body.contains("lacks the pinned DNS SAN \"api.example.com\""),
+        "{body}"
+    );
+    for text in [body.as_str(), client.log().as_str()] {
+        assert!(
+            !text.contains("OtherError") && !text.contains("PinMismatch {"),
+            "Rust debug text reached a user: {text}"
+        );
+    }
+}
+
+#[test]
 fn verify_pins_the_server_has_let_requests_through() {
     let pods = Pods::new();
     let (_upstream, server) = our_server(&pods, &[]);

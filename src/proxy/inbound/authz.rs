@@ -1,8 +1,10 @@
 //! Who may call (`--allow-all`, `--allow-cn`, `--allow-ou`, `--allow-dns`, `--allow-uri`): a
-//! verified client certificate is allowed if any rule matches it. URI rules ending in `/*` match
-//! exactly one more path segment, `/**` any non-empty suffix (SPIFFE IDs).
+//! verified client certificate is allowed if any rule matches it. DNS names match by the one
+//! rule of [`crate::creds::x509`]; URI rules ending in `/*` match exactly one more path segment,
+//! `/**` any non-empty suffix (SPIFFE IDs).
 
 use super::identity::PeerIdentity;
+use crate::creds::x509::dns_matches;
 
 /// The allow-list of a listener.
 #[derive(Clone, Debug, Default)]
@@ -31,7 +33,7 @@ impl Allow {
             || peer
                 .dns
                 .iter()
-                .any(|v| self.dns.iter().any(|a| a.eq_ignore_ascii_case(v)))
+                .any(|san| self.dns.iter().any(|name| dns_matches(san, name)))
             || peer
                 .uri
                 .iter()

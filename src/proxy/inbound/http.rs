@@ -1,6 +1,6 @@
 //! `server --protocol http`: requests on the TLS connection (HTTP/1.1 keep-alive, or HTTP/2 when
-//! ALPN chose `h2`; lifecycle in `http_conn`) are forwarded to the target through a pooled client (HTTP/2 prior knowledge for
-//! gRPC, HTTP/1.1 otherwise). Client-sent identity headers are removed (`headers`) and ours
+//! ALPN chose `h2`; lifecycle in `http_conn`) are forwarded to the target by the listener's
+//! [`Forwarder`], through pooled clients (HTTP/2 prior knowledge for gRPC, HTTP/1.1 otherwise). Client-sent identity headers are removed (`headers`) and ours
 //! added: the upstream can trust `X-Client-*`. Malformed requests (Host headers, a body that
 //! fails) are the client's: 400. Upstream errors become 502, an upstream slower than
 //! `--idle-timeout` 504; neither ever hangs the client.
@@ -19,13 +19,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::chain::{error_chain, find_in_chain};
-use super::headers::{check_host, strip_protected};
-use super::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
 use super::identity::PeerIdentity;
-use super::inbound::Inbound;
-use super::io::{connect, Activity, Slotted, TouchBody, Upstream, UpstreamBusy, UpstreamSlots};
-use super::Target;
+use crate::proxy::chain::{error_chain, find_in_chain};
+use crate::proxy::config::Target;
+use crate::proxy::headers::{check_host, strip_protected};
+use crate::proxy::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
+use crate::proxy::io::{connect, Activity, Slotted, TouchBody, Upstream, UpstreamBusy, UpstreamSlots};
+use crate::proxy::listener::Shared;
 
 /// Opens upstream connections for the pooled client.
 #[derive(Clone)]
@@ -68,19 +68,21 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// The pooled upstream clients of one listener.
-pub struct Proxy {
+/// Forwards the requests of one `server` listener: its pooled upstream clients.
+pub struct Forwarder {
     h1: Client<Connector, TouchBody<Incoming>>,
     h2: Client<Connector, TouchBody<Incoming>>,
     authority: String,
+    shared: Arc<Shared>,
 }
 
-impl Proxy {
-    pub fn new(target: &Target, connect_timeout: Duration, slots: Arc<UpstreamSlots>) -> Self {
+impl Forwarder {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let cfg = &shared.cfg;
         let connector = Connector {
-            target: target.clone(),
-            timeout: connect_timeout,
-            slots,
+            target: cfg.target.clone(),
+            timeout: cfg.connect_timeout,
+            slots: shared.upstream.clone(),
             capped: true,
         };
         let mut builder = Client::builder(TokioExecutor::new());
@@ -93,74 +95,73 @@ impl Proxy {
             capped: false,
             ..connector
         });
-        let authority = match target {
+        let authority = match &cfg.target {
             Target::Tcp(a) => a.clone(),
             Target::Unix(_) => "localhost".into(),
         };
-        Proxy { h1, h2, authority }
+        Forwarder {
+            h1,
+            h2,
+            authority,
+            shared,
+        }
     }
-}
 
-/// Serves one TLS connection of a `server` listener (see `http_conn` for its lifecycle).
-pub async fn serve<S>(
-    tls: S,
-    identity: PeerIdentity,
-    allowed: bool,
-    peer: SocketAddr,
-    ctx: &Arc<Inbound>,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let identity = Arc::new(identity);
-    let svc_ctx = ctx.clone();
-    let handle = move |req| {
-        let (ctx, identity) = (svc_ctx.clone(), identity.clone());
-        async move { respond(req, &ctx, &identity, allowed, peer).await }
-    };
-    serve_conn(tls, &ctx.shared.cfg, peer, shutdown, handle).await;
-}
+    /// Serves one TLS connection (see `http_conn` for its lifecycle).
+    pub async fn serve<S>(
+        self: &Arc<Self>,
+        tls: S,
+        identity: PeerIdentity,
+        allowed: bool,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let identity = Arc::new(identity);
+        let fwd = self.clone();
+        let handle = move |req| {
+            let (fwd, identity) = (fwd.clone(), identity.clone());
+            async move { fwd.respond(req, &identity, allowed, peer).await }
+        };
+        serve_conn(tls, &self.shared.cfg, peer, shutdown, handle).await;
+    }
 
-async fn respond(
-    req: Request<Incoming>,
-    ctx: &Inbound,
-    id: &PeerIdentity,
-    allowed: bool,
-    peer: SocketAddr,
-) -> Response<Body> {
-    let start = Instant::now();
-    let resp = if allowed {
-        forward(req, ctx, id, peer).await
-    } else {
-        let mut r = short(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "forbidden: client {} is not allowed by this listener's --allow-* rules",
-                id.subject
-            ),
-        );
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        r
-    };
-    ctx.shared
-        .metrics
-        .duration
-        .observe(start.elapsed().as_secs_f64());
-    ctx.shared.metrics.http_response(resp.status().as_u16());
-    resp
-}
+    async fn respond(
+        &self,
+        req: Request<Incoming>,
+        id: &PeerIdentity,
+        allowed: bool,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let start = Instant::now();
+        let resp = if allowed {
+            self.forward(req, id, peer).await
+        } else {
+            let mut r = short(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "forbidden: client {} is not allowed by this listener's --allow-* rules",
+                    id.subject
+                ),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        };
+        let m = &self.shared.metrics;
+        m.duration.observe(start.elapsed().as_secs_f64());
+        m.http_response(resp.status().as_u16());
+        resp
+    }
 
-async fn forward(
+    async fn forward(
+    &self,
     mut req: Request<Incoming>,
-    ctx: &Inbound,
     id: &PeerIdentity,
     peer: SocketAddr,
 ) -> Response<Body> {
-    // An http listener always has a Proxy.
-    let Some(proxy) = ctx.http.as_ref() else {
-        return short(StatusCode::INTERNAL_SERVER_ERROR, "no upstream client");
-    };
+    let cfg = &self.shared.cfg;
     if req.method() == Method::CONNECT {
         return short(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -197,12 +198,12 @@ async fn forward(
     set(headers, "x-forwarded-client-cert", &id.xfcc());
     set(headers, "x-forwarded-for", &peer.ip().to_string());
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-    let uri = format!("http://{}{}", proxy.authority, path);
+    let uri = format!("http://{}{}", self.authority, path);
     match uri.parse() {
         Ok(u) => *req.uri_mut() = u,
         Err(_) => return short(StatusCode::BAD_REQUEST, "request path cannot be forwarded"),
     }
-    let client = if grpc { &proxy.h2 } else { &proxy.h1 };
+    let client = if grpc { &self.h2 } else { &self.h1 };
     *req.version_mut() = if grpc {
         Version::HTTP_2
     } else {
@@ -214,12 +215,12 @@ async fn forward(
     let request = client.request(req.map(|b| TouchBody::new(b, waiting.clone())));
     let outcome = tokio::select! {
         r = request => Ok(r),
-        _ = waiting.idle(ctx.shared.cfg.idle_timeout) => Err(()),
+        _ = waiting.idle(cfg.idle_timeout) => Err(()),
     };
     match outcome {
         Ok(Ok(resp)) => relay_response(resp),
         Ok(Err(e)) if waiting.body_failed() => {
-            info!(listener = %ctx.shared.cfg.name, %peer, error = %error_chain(&e), "the client's request body failed; answering 400");
+            info!(error = %error_chain(&e), "the client's request body failed; answering 400");
             short(
                 StatusCode::BAD_REQUEST,
                 "bad request: the request body is malformed or was cut short",
@@ -227,28 +228,29 @@ async fn forward(
         }
         Ok(Err(e)) => {
             if let Some(busy) = find_in_chain::<UpstreamBusy>(&e) {
-                warn!(listener = %ctx.shared.cfg.name, target = %ctx.shared.cfg.target, error = %busy, "upstream connection limit reached; answering 503");
+                warn!(target = %cfg.target, error = %busy, "upstream connection limit reached; answering 503");
                 return short(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "service unavailable: too many requests in progress; try again",
                 );
             }
-            ctx.shared.metrics.upstream_failures.inc();
-            warn!(listener = %ctx.shared.cfg.name, target = %ctx.shared.cfg.target, error = %error_chain(&e), "upstream request failed");
+            self.shared.metrics.upstream_failures.inc();
+            warn!(target = %cfg.target, error = %error_chain(&e), "upstream request failed");
             short(
                 StatusCode::BAD_GATEWAY,
                 "bad gateway: the upstream app did not answer",
             )
         }
         Err(_) => {
-            ctx.shared.metrics.upstream_failures.inc();
-            warn!(listener = %ctx.shared.cfg.name, target = %ctx.shared.cfg.target, timeout = ?ctx.shared.cfg.idle_timeout, "upstream request timed out");
+            self.shared.metrics.upstream_failures.inc();
+            warn!(target = %cfg.target, timeout = ?cfg.idle_timeout, "upstream request timed out");
             short(
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway timeout: the upstream app did not answer in time",
             )
         }
     }
+}
 }
 
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {

@@ -1,7 +1,12 @@
-//! `server` connections: load the current rustls config once (one `ArcSwap` load), handshake
-//! within `--handshake-timeout` requiring a client certificate, check the allow-list, then hand
-//! the TLS stream to the tcp or http path towards the plaintext `--target`. A refused client
-//! gets our alert and a clean close (no reset that would hide the alert).
+//! `server` listeners: load the current rustls config once per connection (one `ArcSwap`
+//! load), handshake within `--handshake-timeout` requiring a client certificate, check the
+//! allow-list ([`authz`]) against the verified identity ([`identity`]), then copy bytes to the
+//! plaintext `--target` (tcp mode) or forward requests ([`http`]). A refused client gets our
+//! alert and a clean close (no reset that would hide the alert).
+
+pub mod authz;
+pub mod http;
+pub mod identity;
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,18 +20,65 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::authz::Allow;
-use super::identity::PeerIdentity;
+pub use authz::Allow;
+use identity::PeerIdentity;
+
+use super::config::Protocol;
+use super::handshake::HandshakeFailure;
 use super::io::connect;
-use super::listener::{Handler, Shared};
-use super::{http, tcp, Protocol, Slot};
+use super::listener::{follow_store, Handler, Shared, Slot};
+use super::tcp;
+use crate::creds::store::Store;
+use crate::tls;
 
 /// A `server` listener.
 pub struct Inbound {
-    pub shared: Shared,
-    pub allow: Allow,
-    pub tls: Arc<Slot<rustls::ServerConfig>>,
-    pub http: Option<http::Proxy>,
+    shared: Arc<Shared>,
+    allow: Allow,
+    tls: Arc<Slot<rustls::ServerConfig>>,
+    mode: Mode,
+}
+
+/// What an allowed connection carries.
+enum Mode {
+    Tcp,
+    Http(Arc<http::Forwarder>),
+}
+
+impl Inbound {
+    pub fn new(shared: Shared, allow: Allow) -> Self {
+        let shared = Arc::new(shared);
+        let mode = match shared.cfg.protocol {
+            Protocol::Tcp => Mode::Tcp,
+            Protocol::Http => Mode::Http(Arc::new(http::Forwarder::new(shared.clone()))),
+        };
+        Inbound {
+            shared,
+            allow,
+            tls: Arc::new(Slot::empty()),
+            mode,
+        }
+    }
+
+    /// Keeps the rustls config in step with `store` until `cancel` (run it as a task).
+    pub fn follow(
+        &self,
+        store: Arc<Store>,
+        cancel: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let alpn: Vec<&'static [u8]> = match self.mode {
+            Mode::Http(_) => vec![b"h2", b"http/1.1"],
+            Mode::Tcp => Vec::new(),
+        };
+        let min_tls = self.shared.cfg.min_tls;
+        follow_store(
+            store,
+            self.tls.clone(),
+            move |p| tls::server_config(&p.bundle, min_tls, &alpn),
+            self.shared.stats.clone(),
+            cancel,
+        )
+    }
 }
 
 impl Handler for Inbound {
@@ -43,8 +95,8 @@ impl Handler for Inbound {
         let s = &self.shared;
         // The one load per connection: credentials published after this point apply to the next one.
         let Some(config) = self.tls.load_full() else {
-            s.metrics.handshake_failed("no_credentials");
-            debug!(listener = %s.cfg.name, %peer, "no valid credentials yet; closing");
+            s.metrics.handshake_failed(HandshakeFailure::NoCredentials);
+            debug!("no valid credentials yet; closing");
             return;
         };
         let accept = TlsAcceptor::from(config).accept(tcp).into_fallible();
@@ -53,13 +105,13 @@ impl Handler for Inbound {
             Ok(Err((e, tcp))) => {
                 let reason = classify(&e);
                 s.metrics.handshake_failed(reason);
-                info!(listener = %s.cfg.name, %peer, reason, error = %e, "handshake failed");
+                info!(%reason, error = %e, "handshake failed");
                 linger(tcp).await;
                 return;
             }
             Err(_) => {
-                s.metrics.handshake_failed("timeout");
-                info!(listener = %s.cfg.name, %peer, "handshake timed out");
+                s.metrics.handshake_failed(HandshakeFailure::Timeout);
+                info!("handshake timed out");
                 return;
             }
         };
@@ -71,28 +123,28 @@ impl Handler for Inbound {
             .and_then(|c| c.first())
             .and_then(|leaf| PeerIdentity::from_der(leaf));
         let Some(identity) = identity else {
-            s.metrics.handshake_failed("no_client_cert");
+            s.metrics.handshake_failed(HandshakeFailure::NoClientCert);
             return;
         };
         let allowed = self.allow.permits(&identity);
         if !allowed {
             s.metrics.denied.inc();
-            warn!(listener = %s.cfg.name, %peer, subject = %identity.subject, "client denied by the allow-list");
+            warn!(subject = %identity.subject, "client denied by the allow-list");
         }
-        match (s.cfg.protocol, allowed) {
-            (Protocol::Tcp, false) => {}
-            (Protocol::Tcp, true) => match connect(&s.cfg.target, s.cfg.connect_timeout).await {
+        match &self.mode {
+            Mode::Tcp if !allowed => {}
+            Mode::Tcp => match connect(&s.cfg.target, s.cfg.connect_timeout).await {
                 Ok(upstream) => {
                     // Counted while it lives (no cap of its own: one per client connection).
-                    let _slot = s.upstream.acquire().await;
+                    let _slot = s.upstream.count();
                     tcp::splice(tls, upstream, &s.cfg).await;
                 }
                 Err(e) => {
                     s.metrics.upstream_failures.inc();
-                    warn!(listener = %s.cfg.name, target = %s.cfg.target, error = %e, "upstream connect failed; closing the client connection");
+                    warn!(target = %s.cfg.target, error = %e, "upstream connect failed; closing the client connection");
                 }
             },
-            (Protocol::Http, _) => http::serve(tls, identity, allowed, peer, &self, shutdown).await,
+            Mode::Http(fwd) => fwd.serve(tls, identity, allowed, peer, shutdown).await,
         }
     }
 }
@@ -117,31 +169,32 @@ async fn linger(mut tcp: TcpStream) {
     .await;
 }
 
-/// A short, stable label for `handshake_failures_total{reason}`.
-fn classify(e: &io::Error) -> &'static str {
+/// Why a client's handshake failed.
+fn classify(e: &io::Error) -> HandshakeFailure {
+    use HandshakeFailure::*;
     let tls = e.get_ref().and_then(|i| i.downcast_ref::<TlsError>());
     match tls {
-        Some(TlsError::NoCertificatesPresented) => "no_client_cert",
+        Some(TlsError::NoCertificatesPresented) => NoClientCert,
         Some(TlsError::InvalidCertificate(c)) => match c {
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                "client_cert_expired"
+                ClientCertExpired
             }
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "client_cert_not_yet_valid"
+                ClientCertNotYetValid
             }
             CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                "client_cert_untrusted"
+                ClientCertUntrusted
             }
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                "client_cert_wrong_usage"
+                ClientCertWrongUsage
             }
-            _ => "client_cert_invalid",
+            _ => ClientCertInvalid,
         },
         Some(TlsError::PeerIncompatible(_)) | Some(TlsError::NoApplicationProtocol) => {
-            "incompatible"
+            Incompatible
         }
-        Some(_) => "protocol",
-        None if e.kind() == io::ErrorKind::UnexpectedEof => "eof",
-        None => "io",
+        Some(_) => HandshakeFailure::Protocol,
+        None if e.kind() == io::ErrorKind::UnexpectedEof => Eof,
+        None => Io,
     }
 }

@@ -3,7 +3,7 @@
 //! arrives inside the data stream, where the error the app's side sees (a reset, a broken pipe,
 //! a canceled request) no longer says why. [`Watched`] wraps the upstream stream and notes such
 //! an alert in [`Rejections`] (per connection in tcp mode, per pool in http mode); the error
-//! paths of `outbound` and `outbound_http` read it back to report `rejected_by_server`.
+//! paths of the tcp and http modes read it back to report `rejected_by_server`.
 
 use std::io;
 use std::pin::Pin;
@@ -17,23 +17,19 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::chain::find_in_chain;
-use super::outbound::UpstreamError;
+use crate::proxy::chain::find_in_chain;
 
 /// With TLS 1.3 the server checks our certificate after our side of the handshake is done: a
-/// refusal arrives as an alert on the first read. Turns such an error into the handshake
-/// failure it really is.
-pub fn rejected_by_server(e: &(dyn std::error::Error + 'static)) -> Option<UpstreamError> {
+/// refusal arrives as an alert on the first read. The alert, if `e` is such a refusal.
+pub fn rejected_by_server(e: &(dyn std::error::Error + 'static)) -> Option<AlertDescription> {
     match find_in_chain::<TlsError>(e)? {
-        TlsError::AlertReceived(alert) if refuses_certificate(*alert) => {
-            Some(UpstreamError::Rejected { alert: *alert })
-        }
+        TlsError::AlertReceived(alert) if refuses_certificate(*alert) => Some(*alert),
         _ => None,
     }
 }
 
 /// The alerts by which a server refuses the client's certificate (RFC 8446 6.2).
-pub(super) fn refuses_certificate(alert: AlertDescription) -> bool {
+pub fn refuses_certificate(alert: AlertDescription) -> bool {
     matches!(
         alert,
         AlertDescription::BadCertificate
@@ -56,7 +52,7 @@ pub struct Rejections(AtomicU8);
 /// `Rejections` holds the alert's code plus one; 0 is "none".
 impl Rejections {
     fn note(&self, e: &io::Error) {
-        if let Some(UpstreamError::Rejected { alert }) = rejected_by_server(e) {
+        if let Some(alert) = rejected_by_server(e) {
             self.0
                 .store(u8::from(alert).saturating_add(1), Ordering::Relaxed);
         }
@@ -67,12 +63,10 @@ impl Rejections {
             self.0.store(0, Ordering::Relaxed);
         }
     }
-    pub fn get(&self) -> Option<UpstreamError> {
+    pub fn get(&self) -> Option<AlertDescription> {
         match self.0.load(Ordering::Relaxed) {
             0 => None,
-            n => Some(UpstreamError::Rejected {
-                alert: AlertDescription::from(n - 1),
-            }),
+            n => Some(AlertDescription::from(n - 1)),
         }
     }
 }

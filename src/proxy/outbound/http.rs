@@ -1,8 +1,7 @@
 //! `client --protocol http`: requests from the app's plaintext connections (HTTP/1.1, or HTTP/2
 //! with prior knowledge) go to the upstream through a pool of kept-alive mTLS connections
 //! (HTTP/2 when the server offers `h2` by ALPN, else HTTP/1.1), so an app that opens a
-//! connection per request pays no handshake per request. The pool belongs to the origin of one
-//! publish: after a rotation new requests use a new pool, and the old pool's connections close
+//! connection per request pays no handshake per request. The pool belongs to one publish: after a rotation new requests use a new pool, and the old pool's connections close
 //! once their in-flight requests are done. A request the server provably did not process (an
 //! HTTP/2 stream refused, or above the last stream id of a graceful GOAWAY: the server is
 //! draining the connection) is sent once more on another connection if it has no body and an
@@ -27,13 +26,13 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::chain::{error_chain, find_in_chain};
-use super::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
-use super::io::{Activity, Slotted, TouchBody, UpstreamSlots};
-use super::listener::Shared;
-use super::outbound::{connect, Outbound, Remote, UpstreamError};
+use super::connect::{connect, Remote, UpstreamError};
 use super::refusal::{rejected_by_server, Rejections, Watched};
-use super::ListenerConfig;
+use crate::proxy::chain::{error_chain, find_in_chain};
+use crate::proxy::handshake::HandshakeFailure;
+use crate::proxy::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
+use crate::proxy::io::{Activity, Slotted, TouchBody};
+use crate::proxy::listener::{Shared, Slot};
 
 /// How long an unused pooled connection stays open.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -42,22 +41,20 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 const H2_PING: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The kept-alive upstream connections of one origin.
+/// The kept-alive upstream connections made with the credentials of one publish.
 pub struct Pool {
     client: Client<Connector, Body>,
     rejected: Arc<Rejections>,
 }
 
 impl Pool {
-    pub fn new(remote: Arc<Remote>, tls: TlsConnector, shared: &Shared) -> Self {
+    pub fn new(remote: Arc<Remote>, tls: TlsConnector, shared: Arc<Shared>) -> Self {
         let rejected = Arc::new(Rejections::default());
         let connector = Connector {
             remote,
             tls,
-            cfg: Arc::new(shared.cfg.clone()),
-            metrics: shared.metrics.clone(),
+            shared,
             rejected: rejected.clone(),
-            slots: shared.upstream.clone(),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
@@ -78,10 +75,8 @@ impl Pool {
 struct Connector {
     remote: Arc<Remote>,
     tls: TlsConnector,
-    cfg: Arc<ListenerConfig>,
-    metrics: super::ListenerMetrics,
+    shared: Arc<Shared>,
     rejected: Arc<Rejections>,
-    slots: Arc<UpstreamSlots>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -97,18 +92,16 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let slot = this.slots.acquire().await.map_err(UpstreamError::Busy)?;
-            match connect(&this.remote, &this.tls, &this.cfg).await {
+            let s = &this.shared;
+            let slot = s.upstream.acquire().await.map_err(UpstreamError::Busy)?;
+            match connect(&this.remote, &this.tls, &s.cfg).await {
                 Ok(tls) => Ok(TokioIo::new(Slotted::new(
                     Watched::new(tls, this.rejected.clone()),
                     slot,
                 ))),
                 Err(e) => {
-                    if matches!(
-                        e,
-                        UpstreamError::Handshake { .. } | UpstreamError::HandshakeTimeout { .. }
-                    ) {
-                        this.metrics.handshake_failed(e.reason());
+                    if let Some(reason) = e.handshake() {
+                        s.metrics.handshake_failed(reason);
                     }
                     Err(e)
                 }
@@ -117,36 +110,39 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// Serves one plaintext connection from the app (lifecycle in `http_conn`).
+/// Serves one plaintext connection from the app (lifecycle in `http_conn`) with the pool of
+/// the current publish.
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
-    ctx: &Arc<Outbound>,
+    pools: &Arc<Slot<Pool>>,
+    remote: &Arc<Remote>,
+    shared: &Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let svc_ctx = ctx.clone();
+    let (pools, remote, s) = (pools.clone(), remote.clone(), shared.clone());
     let handle = move |req| {
-        let ctx = svc_ctx.clone();
+        let (pools, remote, s) = (pools.clone(), remote.clone(), s.clone());
         async move {
             let start = Instant::now();
-            let resp = forward(req, &ctx).await;
-            let m = &ctx.shared.metrics;
-            m.duration.observe(start.elapsed().as_secs_f64());
-            m.http_response(resp.status().as_u16());
+            let resp = forward(req, &pools, &remote, &s).await;
+            s.metrics.duration.observe(start.elapsed().as_secs_f64());
+            s.metrics.http_response(resp.status().as_u16());
             resp
         }
     };
-    serve_conn(tcp, &ctx.shared.cfg, peer, shutdown, handle).await;
+    serve_conn(tcp, &shared.cfg, peer, shutdown, handle).await;
 }
 
-async fn forward(req: Request<Incoming>, ctx: &Outbound) -> Response<Body> {
-    let s = &ctx.shared;
+async fn forward(
+    req: Request<Incoming>,
+    pools: &Slot<Pool>,
+    remote: &Remote,
+    s: &Shared,
+) -> Response<Body> {
     // The one load per request: a publish after this point applies to the next request.
-    let Some(origin) = ctx.origin.load_full() else {
+    let Some(pool) = pools.load_full() else {
         return failed(s, &UpstreamError::NoCredentials);
-    };
-    let Some(pool) = origin.pool.as_ref() else {
-        return short(StatusCode::INTERNAL_SERVER_ERROR, "no upstream pool");
     };
     if req.method() == Method::CONNECT {
         return short(
@@ -158,7 +154,7 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound) -> Response<Body> {
     // legacy app's sloppy Host must not break its calls).
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    match format!("https://{}{}", ctx.remote.authority, path).parse() {
+    match format!("https://{}{}", remote.authority, path).parse() {
         Ok(u) => parts.uri = u,
         Err(_) => return short(StatusCode::BAD_REQUEST, "request path cannot be forwarded"),
     }
@@ -175,11 +171,11 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound) -> Response<Body> {
         *again.headers_mut() = parts.headers.clone();
         again
     });
-    let mut result = send(pool, Request::from_parts(parts, body), s).await;
+    let mut result = send(&pool, Request::from_parts(parts, body), s).await;
     if let (Sent::Failed(e, _), Some(again)) = (&result, replay) {
         if unprocessed(e) {
-            debug!(listener = %s.cfg.name, error = %e, "the server refused the stream unprocessed; sending it again");
-            result = send(pool, again.map(|b| b.boxed()), s).await;
+            debug!(error = %e, "the server refused the stream unprocessed; sending it again");
+            result = send(&pool, again.map(|b| b.boxed()), s).await;
         }
     }
     match result {
@@ -188,24 +184,28 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound) -> Response<Body> {
             relay_response(resp)
         }
         Sent::Failed(e, true) => {
-            info!(listener = %s.cfg.name, error = %error_chain(&e), "the app's request body failed; answering 400");
+            info!(error = %error_chain(&e), "the app's request body failed; answering 400");
             short(
                 StatusCode::BAD_REQUEST,
                 "bad request: the request body is malformed or was cut short",
             )
         }
         Sent::Failed(e, false) => {
+            // The connector's own error (counted there if it was a handshake).
             if let Some(cause) = find_in_chain::<UpstreamError>(&e) {
                 return failed(s, cause);
             }
-            let rejected = rejected_by_server(&e).or_else(|| pool.rejected.get());
-            if let Some(rejected) = rejected {
-                s.metrics.handshake_failed(rejected.reason());
+            let alert = rejected_by_server(&e).or_else(|| pool.rejected.get());
+            if let Some(alert) = alert {
+                let rejected = UpstreamError::Rejected { alert };
+                if let Some(reason) = rejected.handshake() {
+                    s.metrics.handshake_failed(reason);
+                }
                 return failed(s, &rejected);
             }
             let chain = error_chain(&e);
             s.metrics.upstream_failures.inc();
-            warn!(listener = %s.cfg.name, target = %ctx.remote.addr, error = %chain, "upstream request failed");
+            warn!(target = %remote.addr, error = %chain, "upstream request failed");
             short(
                 StatusCode::BAD_GATEWAY,
                 &format!("bad gateway: the upstream request failed: {chain}"),
@@ -213,7 +213,7 @@ async fn forward(req: Request<Incoming>, ctx: &Outbound) -> Response<Body> {
         }
         Sent::TimedOut => {
             s.metrics.upstream_failures.inc();
-            warn!(listener = %s.cfg.name, target = %ctx.remote.addr, timeout = ?s.cfg.idle_timeout, "upstream request timed out");
+            warn!(target = %remote.addr, timeout = ?s.cfg.idle_timeout, "upstream request timed out");
             short(
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway timeout: the upstream did not answer in time",
@@ -270,7 +270,7 @@ fn unprocessed(e: &hyper_util::client::legacy::Error) -> bool {
 /// connector already.
 fn failed(s: &Shared, e: &UpstreamError) -> Response<Body> {
     if let UpstreamError::Busy(busy) = e {
-        warn!(listener = %s.cfg.name, error = %busy, "upstream connection limit reached; answering 503");
+        warn!(error = %busy, "upstream connection limit reached; answering 503");
         return short(
             StatusCode::SERVICE_UNAVAILABLE,
             "service unavailable: too many requests in progress; try again",
@@ -278,9 +278,9 @@ fn failed(s: &Shared, e: &UpstreamError) -> Response<Body> {
     }
     s.metrics.upstream_failures.inc();
     if matches!(e, UpstreamError::NoCredentials) {
-        s.metrics.handshake_failed(e.reason());
+        s.metrics.handshake_failed(HandshakeFailure::NoCredentials);
     }
-    warn!(listener = %s.cfg.name, reason = e.reason(), error = %e, "upstream unavailable; answering 502");
+    warn!(reason = e.reason(), error = %e, "upstream unavailable; answering 502");
     short(
         StatusCode::BAD_GATEWAY,
         &format!("bad gateway: {}: {e}", e.reason()),

@@ -3,7 +3,6 @@
 //! `$ssl_client_escaped_cert` and `$ssl_client_s_dn`, Envoy's XFCC).
 
 use sha2::{Digest, Sha256};
-use x509_parser::extensions::GeneralName;
 
 use crate::creds::dn;
 
@@ -38,7 +37,8 @@ impl PeerIdentity {
             escaped_pem: urlencoding::encode(&pem_of(der)).into_owned(),
             ..PeerIdentity::default()
         };
-        (id.dns, id.uri) = san_names(&cert);
+        let sans = crate::creds::x509::sans(&cert).ok()?;
+        (id.dns, id.uri) = (sans.dns, sans.uri);
         Some(id)
     }
 
@@ -54,27 +54,6 @@ impl PeerIdentity {
         }
         out
     }
-}
-
-/// The DNS and URI SANs of a DER certificate, and nothing else (the server pins of `client`
-/// need only these, on every handshake). `None` if it cannot be parsed.
-pub fn sans_from_der(der: &[u8]) -> Option<(Vec<String>, Vec<String>)> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    Some(san_names(&cert))
-}
-
-fn san_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
-    let (mut dns, mut uri) = (Vec::new(), Vec::new());
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::DNSName(d) => dns.push(d.to_string()),
-                GeneralName::URI(u) => uri.push(u.to_string()),
-                _ => {}
-            }
-        }
-    }
-    (dns, uri)
 }
 
 fn quoted(v: &str) -> String {
