@@ -27,6 +27,13 @@ use crate::creds::validate::rfc3339;
 use crate::metrics::Metrics;
 use crate::proxy::ListenerStats;
 
+/// Where the admin endpoint listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
 /// What the endpoint reports on.
 pub struct AdminState {
     pub stores: Vec<Arc<Store>>,

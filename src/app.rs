@@ -16,8 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::actions::{self, Action};
-use crate::admin::{self, AdminState};
-use crate::cli::{Listen, ReloadArgs};
+use crate::admin::{self, AdminState, Listen};
 use crate::creds::store::Store;
 use crate::metrics::Metrics;
 use crate::proxy::handshake::HandshakeFailure;
@@ -37,17 +36,6 @@ pub struct CorePlan {
     pub poll_interval: Duration,
     pub debounce: Duration,
     pub admin: Listen,
-}
-
-impl CorePlan {
-    pub fn new(set: SetConfig, reload: &ReloadArgs, admin: Listen) -> Self {
-        CorePlan {
-            set,
-            poll_interval: reload.poll_interval,
-            debounce: reload.debounce,
-            admin,
-        }
-    }
 }
 
 /// A checked `watch` invocation.

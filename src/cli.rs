@@ -7,11 +7,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::creds::paths::{CredentialPaths, MissingPathError};
+use crate::admin::Listen;
+use crate::creds::paths::{CredentialPaths, FileRole, MissingPathError};
 use crate::creds::validate::{Policy, Usage};
 use crate::proxy::Protocol;
+use crate::tls::MinTls;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,7 +99,8 @@ pub struct CredentialArgs {
 }
 
 impl CredentialArgs {
-    pub fn paths(&self) -> Result<CredentialPaths, MissingPathError> {
+    /// The files of the set; Err names the flag that is missing.
+    pub fn paths(&self) -> Result<CredentialPaths, String> {
         CredentialPaths::resolve(
             self.cert_dir.as_deref(),
             self.cert.as_deref(),
@@ -104,6 +108,12 @@ impl CredentialArgs {
             self.ca.as_deref(),
             self.peer_ca.as_deref(),
         )
+        .map_err(|MissingPathError { role }| {
+            format!(
+                "{} is required when --cert-dir is not given (or pass --cert-dir DIR for a mounted kubernetes.io/tls Secret)",
+                flag_of(role)
+            )
+        })
     }
 
     pub fn policy(&self, usage: Usage) -> Policy {
@@ -112,6 +122,16 @@ impl CredentialArgs {
             expect_dns: non_empty(&self.expect_dns),
             expect_uri: non_empty(&self.expect_uri),
         }
+    }
+}
+
+/// The flag that sets the file of `role`.
+pub const fn flag_of(role: FileRole) -> &'static str {
+    match role {
+        FileRole::Cert => "--cert",
+        FileRole::Key => "--key",
+        FileRole::Ca => "--ca",
+        FileRole::PeerCa => "--peer-ca",
     }
 }
 
@@ -131,8 +151,8 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub creds: CredentialArgs,
     /// Which role the leaf must be fit for (its extended key usage).
-    #[arg(long, env = "MTLS_SIDECAR_USAGE", value_enum, default_value_t = Usage::Server)]
-    pub usage: Usage,
+    #[arg(long, env = "MTLS_SIDECAR_USAGE", value_enum, default_value_t = UsageArg::Server)]
+    pub usage: UsageArg,
     /// Report format; `json` is a stable shape documented in the README.
     #[arg(long, env = "MTLS_SIDECAR_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -149,13 +169,6 @@ pub struct ReloadArgs {
     pub debounce: Duration,
 }
 
-/// Where the admin endpoint listens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Listen {
-    Off,
-    On(SocketAddr),
-}
-
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// Address of /healthz, /readyz, /status and /metrics, or `off`.
@@ -168,8 +181,8 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub creds: CredentialArgs,
     /// Which role the leaf must be fit for (its extended key usage).
-    #[arg(long, env = "MTLS_SIDECAR_USAGE", value_enum, default_value_t = Usage::Server)]
-    pub usage: Usage,
+    #[arg(long, env = "MTLS_SIDECAR_USAGE", value_enum, default_value_t = UsageArg::Server)]
+    pub usage: UsageArg,
     #[command(flatten)]
     pub reload: ReloadArgs,
     #[command(flatten)]
@@ -204,6 +217,7 @@ pub struct WatchArgs {
         long,
         env = "MTLS_SIDECAR_PID",
         value_name = "N",
+        value_parser = parse_pid,
         group = "signal_target"
     )]
     pub pid: Option<i32>,
@@ -222,7 +236,7 @@ pub struct WatchArgs {
     pub verify_timeout: Duration,
     /// Act on the first valid bundle at start-up too (by default the app is assumed to have
     /// started with those files).
-    #[arg(long, env = "MTLS_SIDECAR_ACT_ON_START")]
+    #[arg(long, env = "MTLS_SIDECAR_ACT_ON_START", value_parser = BoolishValueParser::new())]
     pub act_on_start: bool,
     /// At most one action per interval; changes inside it coalesce into one action for the newest.
     #[arg(long, env = "MTLS_SIDECAR_MIN_INTERVAL", value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
@@ -246,6 +260,7 @@ pub struct ServerArgs {
         long,
         env = "MTLS_SIDECAR_LISTEN",
         value_name = "ADDR",
+        value_parser = parse_socket_addr,
         default_value = "0.0.0.0:8443"
     )]
     pub listen: SocketAddr,
@@ -256,7 +271,7 @@ pub struct ServerArgs {
     #[arg(long, env = "MTLS_SIDECAR_PROTOCOL", value_enum, default_value_t = ProtocolArg::Tcp)]
     pub protocol: ProtocolArg,
     /// Allow every client with a certificate that chains to the CA.
-    #[arg(long, env = "MTLS_SIDECAR_ALLOW_ALL")]
+    #[arg(long, env = "MTLS_SIDECAR_ALLOW_ALL", value_parser = BoolishValueParser::new())]
     pub allow_all: bool,
     /// Allow clients with this subject CN (repeatable; env: comma-separated).
     #[arg(
@@ -298,8 +313,8 @@ pub struct ServerArgs {
 #[derive(Debug, Args)]
 pub struct ConnArgs {
     /// Lowest TLS version accepted (server) or offered (client).
-    #[arg(long, env = "MTLS_SIDECAR_MIN_TLS", value_enum, default_value_t = crate::tls::MinTls::V12)]
-    pub min_tls: crate::tls::MinTls,
+    #[arg(long, env = "MTLS_SIDECAR_MIN_TLS", value_enum, default_value_t = MinTlsArg::V12)]
+    pub min_tls: MinTlsArg,
     /// Longest time a TLS handshake may take.
     #[arg(long, env = "MTLS_SIDECAR_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub handshake_timeout: Duration,
@@ -343,10 +358,10 @@ pub struct ClientArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
     /// Plaintext address the app connects to; must be loopback unless --unsafe-listen.
-    #[arg(long, env = "MTLS_SIDECAR_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "MTLS_SIDECAR_LISTEN", value_name = "ADDR", value_parser = parse_socket_addr)]
     pub listen: SocketAddr,
     /// Allow a --listen address that is not loopback (anyone who reaches it talks as us).
-    #[arg(long, env = "MTLS_SIDECAR_UNSAFE_LISTEN")]
+    #[arg(long, env = "MTLS_SIDECAR_UNSAFE_LISTEN", value_parser = BoolishValueParser::new())]
     pub unsafe_listen: bool,
     /// The mTLS server: `host:port`.
     #[arg(long, env = "MTLS_SIDECAR_TARGET", value_name = "HOST:PORT")]
@@ -377,6 +392,42 @@ pub struct ClientArgs {
     pub conn: ConnArgs,
 }
 
+/// `--usage`: which TLS role the leaf must be fit for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UsageArg {
+    Server,
+    Client,
+    Both,
+}
+
+impl From<UsageArg> for Usage {
+    fn from(u: UsageArg) -> Self {
+        match u {
+            UsageArg::Server => Usage::Server,
+            UsageArg::Client => Usage::Client,
+            UsageArg::Both => Usage::Both,
+        }
+    }
+}
+
+/// `--min-tls`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MinTlsArg {
+    #[value(name = "1.2")]
+    V12,
+    #[value(name = "1.3")]
+    V13,
+}
+
+impl From<MinTlsArg> for MinTls {
+    fn from(m: MinTlsArg) -> Self {
+        match m {
+            MinTlsArg::V12 => MinTls::V12,
+            MinTlsArg::V13 => MinTls::V13,
+        }
+    }
+}
+
 /// `--protocol`: what a listener carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ProtocolArg {
@@ -402,6 +453,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e} (use a duration like 100ms, 30s, 5m, or 0)"))
 }
 
+/// `IP:PORT`, with a hint for the usual mistakes (a bare port, a host name).
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        let hint = if s.trim().parse::<u16>().is_ok() {
+            format!(" (a port alone is not enough: 0.0.0.0:{0} for every IPv4 address, [::]:{0} for every address, 127.0.0.1:{0} for loopback)", s.trim())
+        } else {
+            String::new()
+        };
+        format!("expected IP:PORT, e.g. 0.0.0.0:8443 or [::]:8443, got {s:?}{hint}")
+    })
+}
+
+/// A PID that may be signalled: never 0 (the whole process group) or 1 (the pod's pause
+/// process, or init).
+fn parse_pid(s: &str) -> Result<i32, String> {
+    match s.trim().parse::<i32>() {
+        Ok(p) if p > 1 => Ok(p),
+        Ok(p) => Err(format!(
+            "PID {p} is never signalled (0 is the whole process group, 1 the pod's pause process or init): give the app's PID, or use --pid-file or --process-name"
+        )),
+        Err(_) => Err(format!("expected a process ID (a number above 1), got {s:?}")),
+    }
+}
+
 fn parse_listen(s: &str) -> Result<Listen, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(Listen::Off);
@@ -421,6 +496,7 @@ pub struct DemoArgs {
         long,
         env = "MTLS_SIDECAR_LISTEN",
         value_name = "ADDR",
+        value_parser = parse_socket_addr,
         default_value = "127.0.0.1:8443"
     )]
     pub listen: SocketAddr,
@@ -457,5 +533,15 @@ mod tests {
             Ok(Listen::On("127.0.0.1:0".parse().unwrap()))
         );
         assert!(parse_listen("localhost").is_err());
+        assert!(parse_socket_addr("8443")
+            .unwrap_err()
+            .contains("0.0.0.0:8443"));
+        assert_eq!(
+            parse_socket_addr("[::]:8443"),
+            Ok("[::]:8443".parse().unwrap())
+        );
+        assert!(parse_pid("1").unwrap_err().contains("pause process"));
+        assert!(parse_pid("0").is_err());
+        assert_eq!(parse_pid("42"), Ok(42));
     }
 }

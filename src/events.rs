@@ -124,16 +124,17 @@ pub(crate) fn action_done(
     set: &str,
     action: &'static str,
     generation: u64,
-    outcome: Result<String, String>,
+    outcome: &Result<crate::actions::ActionOk, crate::actions::ActionError>,
 ) {
-    let result = match &outcome {
+    let (result, reason) = match outcome {
         Ok(detail) => {
             info!(set, action, generation, detail = %detail, "action succeeded");
-            "success"
+            ("success", None)
         }
         Err(err) => {
-            error!(set, action, generation, error = %err, "action failed");
-            "failure"
+            let reason = err.reason();
+            error!(set, action, generation, reason, error = %err, "action failed");
+            ("failure", Some(reason))
         }
     };
     m.actions
@@ -141,6 +142,7 @@ pub(crate) fn action_done(
             set: set.into(),
             action,
             result,
+            reason,
         })
         .inc();
 }

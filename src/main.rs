@@ -14,12 +14,15 @@ use mtls_sidecar::actions::stage::StageAction;
 use mtls_sidecar::actions::verify::VerifyAction;
 use mtls_sidecar::actions::webhook::WebhookAction;
 use mtls_sidecar::actions::{exec::ExecAction, Action, Pacing};
-use mtls_sidecar::admin::MAX_ADMIN_CONNECTIONS;
+use mtls_sidecar::admin::{Listen, MAX_ADMIN_CONNECTIONS};
 use mtls_sidecar::app::{self, ClientPlan, CorePlan, ServerPlan, WatchPlan};
+use mtls_sidecar::check::ReportFormat;
 use mtls_sidecar::cli::{
-    non_empty, Cli, ClientArgs, Command, ConnArgs, Listen, LogFormat, ServerArgs, WatchArgs,
+    non_empty, Cli, ClientArgs, Command, ConnArgs, LogFormat, OutputFormat, ReloadArgs, ServerArgs,
+    WatchArgs,
 };
 use mtls_sidecar::creds::validate::Usage;
+use mtls_sidecar::demo::DemoConfig;
 use mtls_sidecar::limits::{self, ConnLimits, Fit};
 use mtls_sidecar::proxy::inbound::Allow;
 use mtls_sidecar::proxy::outbound::Remote;
@@ -30,8 +33,10 @@ use mtls_sidecar::tls::Pins;
 use rustls::pki_types::ServerName;
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| clap_exit(e));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| clap_exit(e));
     if !matches!(cli.command, Command::Check(_)) {
         // Before any thread exists: a signal during start-up waits for its handler.
         if let Err(e) = signals::block() {
@@ -60,7 +65,15 @@ fn main() -> ExitCode {
     let code = match &cli.command {
         Command::Check(args) => match args.creds.paths() {
             Err(e) => usage_error(&e.to_string()),
-            Ok(paths) => match mtls_sidecar::check::run(args, &paths, &mut out) {
+            Ok(paths) => match mtls_sidecar::check::run(
+                &paths,
+                &args.creds.policy(args.usage.into()),
+                match args.output {
+                    OutputFormat::Text => ReportFormat::Text,
+                    OutputFormat::Json => ReportFormat::Json,
+                },
+                &mut out,
+            ) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => runtime_error(&anyhow::Error::from(e)),
@@ -88,7 +101,13 @@ fn main() -> ExitCode {
             },
         },
         Command::Demo(args) => {
-            match run_async(mtls_sidecar::demo::run(args, &mut std::io::stdout())) {
+            let demo = DemoConfig {
+                dir: args.dir.clone(),
+                listen: args.listen,
+                admin: args.admin_listen,
+                rotate_every: args.rotate_every,
+            };
+            match run_async(mtls_sidecar::demo::run(&demo, &mut std::io::stdout())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => runtime_error(&e),
             }
@@ -163,16 +182,25 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
     let set = SetConfig {
         name: "default".into(),
         paths,
-        policy: args.creds.policy(args.usage),
+        policy: args.creds.policy(args.usage.into()),
     };
     Ok(WatchPlan {
-        core: CorePlan::new(set, &args.reload, args.admin.admin_listen),
+        core: core_plan(set, &args.reload, args.admin.admin_listen),
         actions,
         pacing: Pacing {
             act_on_start: args.act_on_start,
             min_interval: args.min_interval,
         },
     })
+}
+
+fn core_plan(set: SetConfig, reload: &ReloadArgs, admin: Listen) -> CorePlan {
+    CorePlan {
+        set,
+        poll_interval: reload.poll_interval,
+        debounce: reload.debounce,
+        admin,
+    }
 }
 
 /// Which connection limits the user set (command line or environment) rather than defaulted.
@@ -202,7 +230,7 @@ fn server_plan(args: &ServerArgs, limits_chosen: LimitsChosen) -> Result<ServerP
         policy: args.creds.policy(Usage::Server),
     };
     Ok(ServerPlan {
-        core: CorePlan::new(set, &args.reload, args.admin.admin_listen),
+        core: core_plan(set, &args.reload, args.admin.admin_listen),
         listener: listener_config(
             "server",
             args.listen,
@@ -259,7 +287,7 @@ fn client_plan(args: &ClientArgs, limits_chosen: LimitsChosen) -> Result<ClientP
         policy: args.creds.policy(Usage::Client),
     };
     Ok(ClientPlan {
-        core: CorePlan::new(set, &args.reload, args.admin.admin_listen),
+        core: core_plan(set, &args.reload, args.admin.admin_listen),
         listener: listener_config(
             "client",
             args.listen,
@@ -303,7 +331,7 @@ fn listener_config(
         listen,
         target,
         protocol,
-        min_tls: conn.min_tls,
+        min_tls: conn.min_tls.into(),
         handshake_timeout: conn.handshake_timeout,
         connect_timeout: conn.connect_timeout,
         idle_timeout: conn.idle_timeout,
@@ -380,6 +408,41 @@ fn usage_error(msg: &str) -> ExitCode {
 fn runtime_error(err: &anyhow::Error) -> ExitCode {
     say(&format!("error: {err:#}\n"));
     ExitCode::from(1)
+}
+
+/// Prints clap's message (help, version, or a usage error) and exits with its code; for an
+/// invalid value that came from an `MTLS_SIDECAR_*` variable, also says which one.
+fn clap_exit(e: clap::Error) -> ! {
+    let _ = e.print();
+    if let Some(note) = env_note(&e) {
+        say(&note);
+    }
+    std::process::exit(e.exit_code())
+}
+
+/// "the value came from MTLS_SIDECAR_X", when it did: clap names only the flag.
+fn env_note(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // "--listen <ADDR>" -> "--listen"
+    let flag = arg.split_whitespace().next()?;
+    let var = format!(
+        "MTLS_SIDECAR_{}",
+        flag.strip_prefix("--")?
+            .to_ascii_uppercase()
+            .replace('-', "_")
+    );
+    let value = std::env::var(&var).ok()?;
+    let given = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    (!given).then(|| format!("note: {value:?} is the value of the environment variable {var}\n"))
 }
 
 /// Writes to stderr; a closed stderr is not worth a panic (eprintln! would panic).

@@ -42,11 +42,32 @@ pub struct SetReasonLabels {
     pub reason: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// `mtls_sidecar_actions_total{set,action,result,reason}`. `reason` (the failure class) is
+/// written only when present: a success series is `{set,action,result="success"}`, which
+/// Prometheus treats exactly as `reason=""` (an empty label is an absent label).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ActionLabels {
     pub set: String,
     pub action: &'static str,
     pub result: &'static str,
+    /// `Some` for `result="failure"`.
+    pub reason: Option<&'static str>,
+}
+
+impl EncodeLabelSet for ActionLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("set", self.set.as_str()).encode(encoder.encode_label())?;
+        ("action", self.action).encode(encoder.encode_label())?;
+        ("result", self.result).encode(encoder.encode_label())?;
+        if let Some(reason) = self.reason {
+            ("reason", reason).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,7 +158,7 @@ impl Metrics {
         );
         registry.register(
             "actions",
-            "Actions run after a publish, by action and result",
+            "Actions run after a publish, by action, result and (for failures) reason",
             m.actions.clone(),
         );
         registry.register(

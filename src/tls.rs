@@ -35,12 +35,10 @@ pub enum TlsBuildError {
 }
 
 /// Lowest TLS version accepted (`--min-tls`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MinTls {
     #[default]
-    #[value(name = "1.2")]
     V12,
-    #[value(name = "1.3")]
     V13,
 }
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use super::error::ExecError;
+use super::ActionOk;
 use crate::creds::store::Published;
 
 /// A program that has not finished by then is killed and counted as failed.
@@ -23,7 +25,7 @@ pub struct ExecAction {
 }
 
 impl ExecAction {
-    pub(super) async fn run(&self, set: &str, p: &Published) -> Result<String, String> {
+    pub(super) async fn run(&self, set: &str, p: &Published) -> Result<ActionOk, ExecError> {
         let program = self.program.to_string_lossy().into_owned();
         let mut child = Command::new(&self.program)
             .args(&self.args)
@@ -35,7 +37,10 @@ impl ExecAction {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start {program}: {e}"))?;
+            .map_err(|source| ExecError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
         let stderr = child.stderr.take();
         let run = async {
             // Keep only the tail: a chatty program must not grow our memory.
@@ -47,21 +52,22 @@ impl ExecAction {
         };
         let (status, tail) = match tokio::time::timeout(EXEC_TIMEOUT, run).await {
             Ok((Ok(status), tail)) => (status, tail),
-            Ok((Err(e), _)) => return Err(format!("{program}: {e}")),
+            Ok((Err(source), _)) => return Err(ExecError::Wait { program, source }),
             Err(_) => {
-                return Err(format!(
-                    "{program} did not finish within {}s and was killed",
-                    EXEC_TIMEOUT.as_secs()
-                ))
+                return Err(ExecError::Timeout {
+                    program,
+                    after: EXEC_TIMEOUT,
+                })
             }
         };
         if status.success() {
-            Ok(format!("{program} exited 0"))
+            Ok(ActionOk::Exited { program })
         } else {
-            Err(format!(
-                "{program} {status}; stderr: {}",
-                String::from_utf8_lossy(&tail).trim()
-            ))
+            Err(ExecError::Exit {
+                program,
+                status,
+                stderr: String::from_utf8_lossy(&tail).trim().to_string(),
+            })
         }
     }
 }

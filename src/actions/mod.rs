@@ -5,20 +5,26 @@
 //! supersedes it. The first publish is only staged unless `--act-on-start`: the app started
 //! with those files.
 
+pub mod error;
 pub mod exec;
 pub mod signal;
 pub mod stage;
 pub mod verify;
 pub mod webhook;
 
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::creds::store::{Published, Store};
 use crate::metrics::{ActionLabels, Metrics};
+
+pub use error::ActionError;
 
 /// Pauses between attempts at a failed action.
 const RETRY_BACKOFF: [Duration; 5] = [
@@ -37,6 +43,9 @@ pub enum Action {
     Exec(exec::ExecAction),
     Webhook(webhook::WebhookAction),
     Verify(verify::VerifyAction),
+    /// A scripted action for the runner's tests.
+    #[cfg(test)]
+    Fake(tests::Fake),
 }
 
 impl Action {
@@ -47,16 +56,87 @@ impl Action {
             Action::Exec(_) => "exec",
             Action::Webhook(_) => "webhook",
             Action::Verify(_) => "verify",
+            #[cfg(test)]
+            Action::Fake(a) => a.name,
         }
     }
 
-    async fn run(&self, set: &str, published: &Published) -> Result<String, String> {
+    /// Every `reason` a failure of this action can have.
+    pub fn failure_reasons(&self) -> &'static [&'static str] {
         match self {
-            Action::Stage(a) => a.run(published).await,
-            Action::Signal(a) => a.run().await,
-            Action::Exec(a) => a.run(set, published).await,
-            Action::Webhook(a) => a.run(set, published).await,
-            Action::Verify(a) => a.run(published).await,
+            Action::Stage(_) => error::StageError::REASONS,
+            Action::Signal(_) => error::SignalError::REASONS,
+            Action::Exec(_) => error::ExecError::REASONS,
+            Action::Webhook(_) => error::WebhookError::REASONS,
+            Action::Verify(_) => error::VerifyError::REASONS,
+            #[cfg(test)]
+            Action::Fake(_) => error::ExecError::REASONS,
+        }
+    }
+
+    /// Staging also runs for the first bundle and does not start the `--min-interval` window.
+    fn is_stage(&self) -> bool {
+        match self {
+            Action::Stage(_) => true,
+            #[cfg(test)]
+            Action::Fake(a) => a.stage,
+            _ => false,
+        }
+    }
+
+    async fn run(&self, set: &str, published: &Published) -> Result<ActionOk, ActionError> {
+        match self {
+            Action::Stage(a) => Ok(a.run(published).await?),
+            Action::Signal(a) => Ok(a.run().await?),
+            Action::Exec(a) => Ok(a.run(set, published).await?),
+            Action::Webhook(a) => Ok(a.run(set, published).await?),
+            Action::Verify(a) => Ok(a.run(published).await?),
+            #[cfg(test)]
+            Action::Fake(a) => a.run(published).await,
+        }
+    }
+}
+
+/// What a successful action did; `Display` is the `detail` of its log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionOk {
+    Staged {
+        dir: PathBuf,
+    },
+    Signalled {
+        signal: Signal,
+        pids: Vec<i32>,
+    },
+    Exited {
+        program: String,
+    },
+    Posted {
+        url: String,
+        status: hyper::StatusCode,
+    },
+    Served {
+        addr: String,
+        after: Duration,
+    },
+}
+
+impl fmt::Display for ActionOk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActionOk::Staged { dir } => write!(f, "staged into {}", dir.display()),
+            ActionOk::Signalled { signal, pids } => {
+                write!(f, "sent {signal} to pid ")?;
+                for (i, pid) in pids.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{pid}")?;
+                }
+                Ok(())
+            }
+            ActionOk::Exited { program } => write!(f, "{program} exited 0"),
+            ActionOk::Posted { url, status } => write!(f, "POST {url} answered {status}"),
+            ActionOk::Served { addr, after } => {
+                write!(f, "{addr} serves the new certificate after {after:?}")
+            }
         }
     }
 }
@@ -76,12 +156,20 @@ pub async fn run(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
+    // Every series at zero, so rate() and increase() work from the start.
     for a in &actions {
-        for result in ["success", "failure"] {
+        let _ = metrics.actions.get_or_create(&ActionLabels {
+            set: store.set().into(),
+            action: a.name(),
+            result: "success",
+            reason: None,
+        });
+        for reason in a.failure_reasons() {
             let _ = metrics.actions.get_or_create(&ActionLabels {
                 set: store.set().into(),
                 action: a.name(),
-                result,
+                result: "failure",
+                reason: Some(reason),
             });
         }
     }
@@ -115,12 +203,9 @@ pub async fn run(
         // The app started with the first bundle's files: only staging runs for it (the app may
         // read the staged copy), unless --act-on-start.
         let first = published.generation == 1 && !pacing.act_on_start;
-        let due: Vec<&Action> = actions
-            .iter()
-            .filter(|a| !first || matches!(a, Action::Stage(_)))
-            .collect();
+        let due: Vec<&Action> = actions.iter().filter(|a| !first || a.is_stage()).collect();
         // Only a run that signals, executes or posts starts the --min-interval window.
-        if due.iter().any(|a| !matches!(a, Action::Stage(_))) {
+        if due.iter().any(|a| !a.is_stage()) {
             last_run = Some(Instant::now());
         }
         for action in due {
@@ -143,15 +228,14 @@ async fn run_with_retries(
     let mut backoff = RETRY_BACKOFF.iter();
     loop {
         let outcome = action.run(store.set(), published).await;
-        let ok = outcome.is_ok();
         crate::events::action_done(
             metrics,
             store.set(),
             action.name(),
             published.generation,
-            outcome,
+            &outcome,
         );
-        let Some(pause) = backoff.next().filter(|_| !ok) else {
+        let Some(pause) = backoff.next().filter(|_| outcome.is_err()) else {
             return;
         };
         tokio::time::sleep(*pause).await;
@@ -161,5 +245,305 @@ async fn run_with_retries(
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+
+    use super::*;
+    use crate::creds::load::{RawBundle, RawFile};
+    use crate::creds::paths::FileRole;
+    use crate::creds::validate::{validate, Policy};
+
+    /// (action name, generation, seconds since the test started) of every attempt, in order.
+    type Log = Arc<Mutex<Vec<(&'static str, u64, u64)>>>;
+
+    /// A scripted action: logs each attempt when it starts, takes `takes`, and fails (as an
+    /// exec timeout) while `failures` is above zero.
+    #[derive(Clone, Debug)]
+    pub struct Fake {
+        pub(super) name: &'static str,
+        pub(super) stage: bool,
+        takes: Duration,
+        failures: Arc<AtomicUsize>,
+        log: Log,
+        t0: Instant,
+    }
+
+    impl Fake {
+        pub(super) async fn run(&self, p: &Published) -> Result<ActionOk, ActionError> {
+            let at = (Instant::now() - self.t0).as_secs();
+            self.log.lock().unwrap().push((self.name, p.generation, at));
+            tokio::time::sleep(self.takes).await;
+            let fail = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if fail {
+                return Err(error::ExecError::Timeout {
+                    program: self.name.into(),
+                    after: self.takes,
+                }
+                .into());
+            }
+            Ok(ActionOk::Exited {
+                program: self.name.into(),
+            })
+        }
+    }
+
+    /// A validated bundle made of a fresh rcgen CA and server leaf, as raw PEM files.
+    fn raw_bundle() -> RawBundle {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name
+            .push(DnType::CommonName, "actions test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.is_ca = IsCa::ExplicitNoCa;
+        let leaf_key = KeyPair::generate().unwrap();
+        let cert_pem = leaf.signed_by(&leaf_key, &issuer).unwrap().pem();
+        let file = |role, name: &str, pem: String| {
+            RawFile::new(role, format!("/t/{name}"), pem.into_bytes())
+        };
+        RawBundle {
+            cert: file(FileRole::Cert, "tls.crt", cert_pem),
+            key: file(FileRole::Key, "tls.key", leaf_key.serialize_pem()),
+            ca: file(FileRole::Ca, "ca.crt", ca_pem),
+            peer_ca: None,
+        }
+    }
+
+    /// A runner on its own store, with fakes that share one log.
+    struct Harness {
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        raw: RawBundle,
+        log: Log,
+        t0: Instant,
+        cancel: CancellationToken,
+        task: Option<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let metrics = Arc::new(Metrics::new());
+            Harness {
+                store: Store::new("t", metrics.clone()),
+                metrics,
+                raw: raw_bundle(),
+                log: Log::default(),
+                t0: Instant::now(),
+                cancel: CancellationToken::new(),
+                task: None,
+            }
+        }
+
+        /// An action named `name` (`stage` acts as staging) that takes `takes` and fails its
+        /// first `failures` attempts.
+        fn fake(&self, name: &'static str, takes: Duration, failures: usize) -> Action {
+            Action::Fake(Fake {
+                name,
+                stage: name == "stage",
+                takes,
+                failures: Arc::new(AtomicUsize::new(failures)),
+                log: self.log.clone(),
+                t0: self.t0,
+            })
+        }
+
+        fn start(&mut self, actions: Vec<Action>, act_on_start: bool, min_interval: Duration) {
+            let pacing = Pacing {
+                act_on_start,
+                min_interval,
+            };
+            self.task = Some(tokio::spawn(run(
+                self.store.clone(),
+                actions,
+                pacing,
+                self.metrics.clone(),
+                self.cancel.clone(),
+            )));
+        }
+
+        /// Publishes a new generation `at` seconds after the start.
+        async fn publish_at(&self, at: u64) {
+            tokio::time::sleep_until(self.t0 + secs(at)).await;
+            let bundle = validate(self.raw.clone(), &Policy::default(), SystemTime::now())
+                .expect("test bundle is valid");
+            self.store.publish(bundle);
+        }
+
+        /// Lets the runner work until `at` seconds after the start, stops it, and returns the log.
+        async fn log_at(&mut self, at: u64) -> Vec<(&'static str, u64, u64)> {
+            tokio::time::sleep_until(self.t0 + secs(at)).await;
+            self.cancel.cancel();
+            if let Some(task) = self.task.take() {
+                task.await.unwrap();
+            }
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publishes_during_a_run_coalesce_into_one_run_for_the_newest() {
+        let mut h = Harness::new();
+        let signal = h.fake("signal", secs(5), 0);
+        h.start(vec![signal], false, Duration::ZERO);
+        h.publish_at(0).await;
+        h.publish_at(1).await;
+        // The run for generation 2 lasts until 6 s; 3 and 4 arrive meanwhile.
+        h.publish_at(2).await;
+        h.publish_at(3).await;
+        assert_eq!(h.log_at(30).await, [("signal", 2, 1), ("signal", 4, 6)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publishes_within_min_interval_coalesce_into_one_run_at_its_end() {
+        let mut h = Harness::new();
+        let signal = h.fake("signal", Duration::ZERO, 0);
+        h.start(vec![signal], false, secs(10));
+        h.publish_at(0).await;
+        h.publish_at(1).await;
+        h.publish_at(2).await;
+        h.publish_at(5).await;
+        // Past the window: at once.
+        h.publish_at(30).await;
+        assert_eq!(
+            h.log_at(60).await,
+            [("signal", 2, 1), ("signal", 4, 11), ("signal", 5, 30)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_publish_is_only_staged_unless_act_on_start() {
+        let mut h = Harness::new();
+        let actions = vec![
+            h.fake("stage", Duration::ZERO, 0),
+            h.fake("signal", Duration::ZERO, 0),
+        ];
+        h.start(actions, false, Duration::ZERO);
+        h.publish_at(0).await;
+        h.publish_at(1).await;
+        assert_eq!(
+            h.log_at(10).await,
+            [("stage", 1, 0), ("stage", 2, 1), ("signal", 2, 1)]
+        );
+
+        let mut h = Harness::new();
+        let actions = vec![
+            h.fake("stage", Duration::ZERO, 0),
+            h.fake("signal", Duration::ZERO, 0),
+        ];
+        h.start(actions, true, Duration::ZERO);
+        h.publish_at(0).await;
+        assert_eq!(h.log_at(10).await, [("stage", 1, 0), ("signal", 1, 0)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_run_that_does_more_than_stage_starts_the_min_interval_window() {
+        let mut h = Harness::new();
+        let actions = vec![
+            h.fake("stage", Duration::ZERO, 0),
+            h.fake("signal", Duration::ZERO, 0),
+        ];
+        h.start(actions, false, secs(10));
+        // Staging the first bundle at 0 s opens no window: generation 2 is acted on at once.
+        h.publish_at(0).await;
+        h.publish_at(1).await;
+        // That run did open one: generation 3 waits until 11 s, staging included.
+        h.publish_at(2).await;
+        assert_eq!(
+            h.log_at(30).await,
+            [
+                ("stage", 1, 0),
+                ("stage", 2, 1),
+                ("signal", 2, 1),
+                ("stage", 3, 11),
+                ("signal", 3, 11),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_and_stop_when_a_newer_generation_arrives() {
+        let mut h = Harness::new();
+        let signal = h.fake("signal", Duration::ZERO, usize::MAX);
+        h.start(vec![signal], false, Duration::ZERO);
+        h.publish_at(0).await;
+        h.publish_at(1).await;
+        // Generation 2 is tried at 1, 2 and 4 s; at 8 s (after the 4 s pause) generation 3 is
+        // there: generation 2 is dropped and 3 tried, then retried after 1, 2, 4, 8 and 16 s.
+        h.publish_at(5).await;
+        let log = h.log_at(120).await;
+        let at = |generation| -> Vec<u64> {
+            log.iter()
+                .filter(|(_, g, _)| *g == generation)
+                .map(|(_, _, at)| *at)
+                .collect()
+        };
+        assert_eq!(at(2), [1, 2, 4]);
+        assert_eq!(at(3), [8, 9, 11, 15, 23, 39]);
+        let text = h.metrics.encode();
+        for series in [
+            r#"mtls_sidecar_actions_total{set="t",action="signal",result="failure",reason="timeout"} 9"#,
+            r#"mtls_sidecar_actions_total{set="t",action="signal",result="failure",reason="spawn_failed"} 0"#,
+            r#"mtls_sidecar_actions_total{set="t",action="signal",result="success"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_at_the_first_success() {
+        let mut h = Harness::new();
+        let signal = h.fake("signal", Duration::ZERO, 2);
+        h.start(vec![signal], false, Duration::ZERO);
+        h.publish_at(0).await;
+        h.publish_at(1).await;
+        assert_eq!(
+            h.log_at(60).await,
+            [("signal", 2, 1), ("signal", 2, 2), ("signal", 2, 4)]
+        );
+        let text = h.metrics.encode();
+        for series in [
+            r#"mtls_sidecar_actions_total{set="t",action="signal",result="failure",reason="timeout"} 2"#,
+            r#"mtls_sidecar_actions_total{set="t",action="signal",result="success"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn success_details_read_as_before() {
+        let signalled = ActionOk::Signalled {
+            signal: Signal::SIGHUP,
+            pids: vec![7, 8],
+        };
+        assert_eq!(signalled.to_string(), "sent SIGHUP to pid 7, 8");
+        let staged = ActionOk::Staged {
+            dir: "/etc/tls/staged".into(),
+        };
+        assert_eq!(staged.to_string(), "staged into /etc/tls/staged");
     }
 }

@@ -11,6 +11,9 @@ use std::str::FromStr;
 
 use nix::sys::signal::Signal;
 
+use super::error::SignalError;
+use super::ActionOk;
+
 /// Which processes get the signal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SignalTarget {
@@ -42,45 +45,48 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
 }
 
 impl SignalAction {
-    pub(super) async fn run(&self) -> Result<String, String> {
+    pub(super) async fn run(&self) -> Result<ActionOk, SignalError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.send_now())
             .await
-            .map_err(|e| format!("signal task failed: {e}"))?
+            .map_err(SignalError::Task)?
     }
 
-    fn send_now(&self) -> Result<String, String> {
+    fn send_now(&self) -> Result<ActionOk, SignalError> {
         let pids = resolve(&self.proc_root, &self.target)?;
-        let mut sent = Vec::new();
-        for pid in pids {
-            send(&self.proc_root, pid, self.signal, &self.target)?;
-            sent.push(pid.to_string());
+        for pid in &pids {
+            send(&self.proc_root, *pid, self.signal, &self.target)?;
         }
-        Ok(format!("sent {} to pid {}", self.signal, sent.join(", ")))
+        Ok(ActionOk::Signalled {
+            signal: self.signal,
+            pids,
+        })
     }
 }
 
 /// The PIDs to signal now.
-pub fn resolve(proc_root: &Path, target: &SignalTarget) -> Result<Vec<i32>, String> {
+pub fn resolve(proc_root: &Path, target: &SignalTarget) -> Result<Vec<i32>, SignalError> {
     let pids = match target {
         SignalTarget::Pid(p) => vec![*p],
         SignalTarget::PidFile(f) => {
-            let text = std::fs::read_to_string(f).map_err(|e| {
-                format!("cannot read --pid-file {}: {e}; is the app running, and is its pid file on a volume shared with this container?", f.display())
-            })?;
-            let pid = text.trim().parse::<i32>().map_err(|_| {
-                format!(
-                    "--pid-file {} does not hold a PID (it holds {:?})",
-                    f.display(),
-                    truncate(&text)
-                )
-            })?;
+            let text =
+                std::fs::read_to_string(f).map_err(|source| SignalError::PidFileUnreadable {
+                    path: f.clone(),
+                    source,
+                })?;
+            let pid = text
+                .trim()
+                .parse::<i32>()
+                .map_err(|_| SignalError::PidFileInvalid {
+                    path: f.clone(),
+                    content: truncate(&text),
+                })?;
             vec![pid]
         }
         SignalTarget::ProcessName(name) => masters(proc_root, name)?,
     };
-    if let Some(p) = pids.iter().find(|p| **p <= 1) {
-        return Err(format!("refusing to signal PID {p}: PID 1 is the pod's pause process (or init); point the target at the app"));
+    if let Some(&pid) = pids.iter().find(|p| **p <= 1) {
+        return Err(SignalError::Pid1 { pid });
     }
     Ok(pids)
 }
@@ -106,9 +112,11 @@ pub fn comm_name(name: &str) -> Result<String, String> {
 const TASK_COMM_MAX: usize = 15;
 
 /// Processes named `name` whose parent is not also named `name`.
-fn masters(proc_root: &Path, name: &str) -> Result<Vec<i32>, String> {
-    let entries = std::fs::read_dir(proc_root)
-        .map_err(|e| format!("cannot list {}: {e}", proc_root.display()))?;
+fn masters(proc_root: &Path, name: &str) -> Result<Vec<i32>, SignalError> {
+    let entries = std::fs::read_dir(proc_root).map_err(|source| SignalError::ProcUnreadable {
+        proc_root: proc_root.to_path_buf(),
+        source,
+    })?;
     let mut named = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
@@ -131,10 +139,10 @@ fn masters(proc_root: &Path, name: &str) -> Result<Vec<i32>, String> {
         .collect();
     out.sort_unstable();
     if out.is_empty() {
-        return Err(format!(
-            "no process named {name:?} found in {}: is the app running, and does the pod set shareProcessNamespace: true?",
-            proc_root.display()
-        ));
+        return Err(SignalError::NoProcess {
+            name: name.to_string(),
+            proc_root: proc_root.to_path_buf(),
+        });
     }
     Ok(out)
 }
@@ -152,16 +160,13 @@ fn parent(proc_root: &Path, pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn send(proc_root: &Path, pid: i32, signal: Signal, target: &SignalTarget) -> Result<(), String> {
-    let describe = |e: std::io::Error| {
-        match e.raw_os_error() {
-        Some(code) if code == nix::libc::ESRCH => format!("process {pid} is gone (it exited or was restarted); will retry"),
-        Some(code) if code == nix::libc::EPERM => format!(
-            "not permitted to signal process {pid}: run the sidecar with the app's UID, or add the CAP_KILL capability (securityContext.capabilities.add: [KILL])"
-        ),
-        _ => format!("cannot signal process {pid}: {e}"),
-    }
-    };
+fn send(
+    proc_root: &Path,
+    pid: i32,
+    signal: Signal,
+    target: &SignalTarget,
+) -> Result<(), SignalError> {
+    let describe = |e: std::io::Error| SignalError::from_errno(pid, e);
     let fd = match pidfd(pid) {
         Ok(fd) => Some(fd),
         // Kernels before 5.3 have no pidfd: fall back to kill(2).
@@ -171,13 +176,16 @@ fn send(proc_root: &Path, pid: i32, signal: Signal, target: &SignalTarget) -> Re
     // The process behind the pidfd is fixed now; check it is still the one we resolved.
     if let SignalTarget::ProcessName(name) = target {
         if comm(proc_root, pid).as_deref() != Some(name.as_str()) {
-            return Err(format!("process {pid} is no longer {name:?}; will retry"));
+            return Err(SignalError::Changed {
+                pid,
+                name: name.clone(),
+            });
         }
     }
     match fd {
         Some(fd) => {
             let sig = rustix::process::Signal::from_named_raw(signal as i32)
-                .ok_or_else(|| format!("signal {signal} cannot be sent through a pidfd"))?;
+                .ok_or(SignalError::NotViaPidfd { signal })?;
             rustix::process::pidfd_send_signal(&fd, sig).map_err(|e| describe(e.into()))
         }
         None => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
@@ -241,8 +249,8 @@ mod tests {
             (40, "sh", 1),
         ]);
         assert_eq!(
-            resolve(p.path(), &SignalTarget::ProcessName("nginx".into())),
-            Ok(vec![7])
+            resolve(p.path(), &SignalTarget::ProcessName("nginx".into())).unwrap(),
+            vec![7]
         );
     }
 
@@ -250,8 +258,8 @@ mod tests {
     fn two_independent_masters_both_get_it() {
         let p = fake_proc(&[(7, "nginx", 1), (8, "nginx", 1), (9, "nginx", 8)]);
         assert_eq!(
-            resolve(p.path(), &SignalTarget::ProcessName("nginx".into())),
-            Ok(vec![7, 8])
+            resolve(p.path(), &SignalTarget::ProcessName("nginx".into())).unwrap(),
+            vec![7, 8]
         );
     }
 
@@ -264,8 +272,8 @@ mod tests {
         std::fs::write(d.join("stat"), "12 (my (app) x) S 3 12 12 0").unwrap();
         assert_eq!(parent(p.path(), 12), Some(3));
         assert_eq!(
-            resolve(p.path(), &SignalTarget::ProcessName("my (app) x".into())),
-            Ok(vec![12])
+            resolve(p.path(), &SignalTarget::ProcessName("my (app) x".into())).unwrap(),
+            vec![12]
         );
     }
 
@@ -273,26 +281,34 @@ mod tests {
     fn pid_one_is_never_a_target() {
         let p = fake_proc(&[(1, "nginx", 0)]);
         let err = resolve(p.path(), &SignalTarget::ProcessName("nginx".into())).unwrap_err();
-        assert!(err.contains("PID 1"), "{err}");
-        assert!(resolve(p.path(), &SignalTarget::Pid(1)).is_err());
-        assert!(resolve(p.path(), &SignalTarget::Pid(0)).is_err());
-        assert!(resolve(p.path(), &SignalTarget::Pid(-1)).is_err());
+        assert!(matches!(err, SignalError::Pid1 { pid: 1 }), "{err:?}");
+        assert!(err.to_string().contains("PID 1"), "{err}");
+        assert_eq!(err.reason(), "target_is_pid_1");
+        for pid in [1, 0, -1] {
+            let err = resolve(p.path(), &SignalTarget::Pid(pid)).unwrap_err();
+            assert_eq!(err.reason(), "target_is_pid_1", "{err}");
+        }
     }
 
     #[test]
     fn missing_process_and_bad_pid_file_say_what_to_do() {
         let p = fake_proc(&[(5, "sh", 1)]);
         let err = resolve(p.path(), &SignalTarget::ProcessName("nginx".into())).unwrap_err();
-        assert!(err.contains("shareProcessNamespace"), "{err}");
+        assert!(err.to_string().contains("shareProcessNamespace"), "{err}");
+        assert_eq!(err.reason(), "target_not_found");
         let f = p.path().join("nginx.pid");
         let err = resolve(p.path(), &SignalTarget::PidFile(f.clone())).unwrap_err();
-        assert!(err.contains("--pid-file"), "{err}");
+        assert!(err.to_string().contains("--pid-file"), "{err}");
+        assert_eq!(err.reason(), "target_not_found");
         std::fs::write(&f, "garbage\n").unwrap();
-        assert!(resolve(p.path(), &SignalTarget::PidFile(f.clone()))
-            .unwrap_err()
-            .contains("does not hold a PID"));
+        let err = resolve(p.path(), &SignalTarget::PidFile(f.clone())).unwrap_err();
+        assert!(err.to_string().contains("does not hold a PID"), "{err}");
+        assert_eq!(err.reason(), "target_not_found");
         std::fs::write(&f, "4242\n").unwrap();
-        assert_eq!(resolve(p.path(), &SignalTarget::PidFile(f)), Ok(vec![4242]));
+        assert_eq!(
+            resolve(p.path(), &SignalTarget::PidFile(f)).unwrap(),
+            vec![4242]
+        );
     }
 
     #[test]
@@ -305,7 +321,34 @@ mod tests {
             &SignalTarget::Pid(4_194_311),
         )
         .unwrap_err();
-        assert!(err.contains("gone"), "{err}");
+        assert!(err.to_string().contains("gone"), "{err}");
+        assert_eq!(err.reason(), "target_not_found");
+    }
+
+    #[test]
+    fn a_pid_that_is_no_longer_the_named_process_is_not_signalled() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // The pidfd is opened on the real process; the (fake) comm says it is something else now.
+        let p = fake_proc(&[(pid, "bash", 1)]);
+        let err = send(
+            p.path(),
+            pid,
+            Signal::SIGTERM,
+            &SignalTarget::ProcessName("nginx".into()),
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "target_changed", "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("process {pid} is no longer \"nginx\"; will retry")
+        );
+        assert!(child.try_wait().unwrap().is_none(), "it was signalled");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use super::error::StageError;
+use super::ActionOk;
 use crate::creds::store::Published;
 
 #[derive(Clone, Debug)]
@@ -13,7 +15,7 @@ pub struct StageAction {
 }
 
 impl StageAction {
-    pub(super) async fn run(&self, p: &Published) -> Result<String, String> {
+    pub(super) async fn run(&self, p: &Published) -> Result<ActionOk, StageError> {
         let raw = p.bundle.raw().clone();
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
@@ -25,11 +27,12 @@ impl StageAction {
             if let Some(peer) = &raw.peer_ca {
                 files.push(("peer-ca.crt", peer.bytes(), 0o644));
             }
-            crate::atomic_dir::write_generation_with_modes(&dir, &files)
-                .map(|()| format!("staged into {}", dir.display()))
-                .map_err(|e| format!("cannot stage into --stage-dir {}: {e}; is it writable by this container (an emptyDir shared with the app)?", dir.display()))
+            match crate::atomic_dir::write_generation_with_modes(&dir, &files) {
+                Ok(()) => Ok(ActionOk::Staged { dir }),
+                Err(source) => Err(StageError::Write { dir, source }),
+            }
         })
         .await
-        .map_err(|e| format!("stage task failed: {e}"))?
+        .map_err(StageError::Task)?
     }
 }

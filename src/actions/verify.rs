@@ -9,6 +9,8 @@ use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use super::error::{ProbeError, VerifyError};
+use super::ActionOk;
 use crate::creds::store::Published;
 
 #[derive(Clone, Debug)]
@@ -23,34 +25,42 @@ const PROBE_EVERY: Duration = Duration::from_millis(200);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl VerifyAction {
-    pub(super) async fn run(&self, p: &Published) -> Result<String, String> {
+    pub(super) async fn run(&self, p: &Published) -> Result<ActionOk, VerifyError> {
         let want = &p.bundle.leaf().sha256;
         let start = Instant::now();
         loop {
-            let last = match self.probe().await {
-                Ok(sha) if &sha == want => {
-                    return Ok(format!(
-                        "{} serves the new certificate after {:?}",
-                        self.addr,
-                        start.elapsed()
-                    ));
-                }
-                Ok(sha) => format!("it still serves sha256 {sha}"),
-                Err(e) => e,
-            };
+            let last = self.probe().await;
+            if last.as_ref().is_ok_and(|sha| sha == want) {
+                return Ok(ActionOk::Served {
+                    addr: self.addr.clone(),
+                    after: start.elapsed(),
+                });
+            }
             if start.elapsed() + PROBE_EVERY > self.timeout {
-                return Err(format!(
-                    "{} does not serve the new certificate (sha256 {want}) after {:?}: {last}; did the app's reload fail? check its log",
-                    self.addr, self.timeout
-                ));
+                let (addr, want, after) = (self.addr.clone(), want.clone(), self.timeout);
+                return Err(match last {
+                    Ok(served) => VerifyError::StillOld {
+                        addr,
+                        want,
+                        after,
+                        served,
+                    },
+                    Err(source) => VerifyError::Unreachable {
+                        addr,
+                        want,
+                        after,
+                        source,
+                    },
+                });
             }
             tokio::time::sleep(PROBE_EVERY).await;
         }
     }
 
     /// The SHA-256 of the leaf served at `addr` now.
-    async fn probe(&self) -> Result<String, String> {
-        let (cfg, recorder) = crate::tls::leaf_probe()?;
+    async fn probe(&self) -> Result<String, ProbeError> {
+        let (cfg, recorder) =
+            crate::tls::leaf_probe().map_err(|e| ProbeError::Setup(e.to_string()))?;
         let host = self
             .addr
             .rsplit_once(':')
@@ -61,20 +71,20 @@ impl VerifyAction {
         let attempt = async {
             let tcp = tokio::net::TcpStream::connect(&self.addr)
                 .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
+                .map_err(ProbeError::Connect)?;
             // The handshake may fail after the server's certificate (the app wants a client
             // certificate); the recorder has the leaf either way.
             let _ = tokio_rustls::TlsConnector::from(Arc::clone(&cfg))
                 .connect(name, tcp)
                 .await;
-            Ok::<(), String>(())
+            Ok::<(), ProbeError>(())
         };
         tokio::time::timeout(PROBE_TIMEOUT, attempt)
             .await
-            .map_err(|_| "handshake timed out".to_string())??;
+            .map_err(|_| ProbeError::Timeout)??;
         recorder
             .seen()
             .map(|der| hex::encode(Sha256::digest(der)))
-            .ok_or_else(|| "the handshake ended before the app sent a certificate".to_string())
+            .ok_or(ProbeError::NoCertificate)
     }
 }

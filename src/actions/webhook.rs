@@ -18,6 +18,8 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::error::WebhookError;
+use super::ActionOk;
 use crate::creds::store::Published;
 use crate::creds::validate::rfc3339;
 
@@ -96,7 +98,7 @@ impl WebhookAction {
         })
     }
 
-    pub(super) async fn run(&self, set: &str, p: &Published) -> Result<String, String> {
+    pub(super) async fn run(&self, set: &str, p: &Published) -> Result<ActionOk, WebhookError> {
         let leaf = p.bundle.leaf();
         let body = serde_json::json!({
             "set": set,
@@ -109,32 +111,43 @@ impl WebhookAction {
         .to_string();
         let status = tokio::time::timeout(WEBHOOK_TIMEOUT, self.post(body))
             .await
-            .map_err(|_| format!("POST {} timed out after {WEBHOOK_TIMEOUT:?}", self.shown))?
-            .map_err(|e| format!("POST {} failed: {e}", self.shown))?;
+            .map_err(|_| WebhookError::Timeout {
+                url: self.shown.clone(),
+                after: WEBHOOK_TIMEOUT,
+            })??;
+        let url = self.shown.clone();
         if status.is_success() {
-            Ok(format!("POST {} answered {status}", self.shown))
+            Ok(ActionOk::Posted { url, status })
         } else {
-            Err(format!(
-                "POST {} answered {status}; only 2xx counts as success",
-                self.shown
-            ))
+            Err(WebhookError::Status { url, status })
         }
     }
 
-    async fn post(&self, body: String) -> Result<hyper::StatusCode, String> {
+    async fn post(&self, body: String) -> Result<hyper::StatusCode, WebhookError> {
+        let url = || self.shown.clone();
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|e| format!("connecting to {}:{}: {e}", self.host, self.port))?;
+            .map_err(|source| WebhookError::Connect {
+                url: url(),
+                host: self.host.clone(),
+                port: self.port,
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             None => self.exchange(tcp, body).await,
             Some(cfg) => {
-                let name = ServerName::try_from(self.host.clone())
-                    .map_err(|e| format!("server name {:?}: {e}", self.host))?;
+                let name = ServerName::try_from(self.host.clone()).map_err(|source| {
+                    WebhookError::ServerName {
+                        url: url(),
+                        host: self.host.clone(),
+                        source,
+                    }
+                })?;
                 let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                    .map_err(|source| WebhookError::Tls { url: url(), source })?;
                 self.exchange(tls, body).await
             }
         }
@@ -142,13 +155,17 @@ impl WebhookAction {
 
     /// One HTTP/1.1 request on `io`; reads (a bounded part of) the answer's body so the
     /// connection ends cleanly.
-    async fn exchange<IO>(&self, io: IO, body: String) -> Result<hyper::StatusCode, String>
+    async fn exchange<IO>(&self, io: IO, body: String) -> Result<hyper::StatusCode, WebhookError>
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let http = |source| WebhookError::Http {
+            url: self.shown.clone(),
+            source,
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(http)?;
         let conn = tokio::spawn(conn);
         let path = self.url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let authority = self.url.authority().map(|a| a.as_str()).unwrap_or_default();
@@ -160,8 +177,11 @@ impl WebhookAction {
                 concat!("mtls-sidecar/", env!("CARGO_PKG_VERSION")),
             )
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("building the request: {e}"))?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            .map_err(|source| WebhookError::Request {
+                url: self.shown.clone(),
+                source,
+            })?;
+        let resp = sender.send_request(req).await.map_err(http)?;
         let status = resp.status();
         let _ = tokio::time::timeout(Duration::from_secs(1), resp.into_body().collect()).await;
         conn.abort();

@@ -9,23 +9,29 @@ use std::time::SystemTime;
 
 pub use report::{CheckReport, FailureReport};
 
-use crate::cli::{CheckArgs, OutputFormat};
 use crate::creds::load::{read_file, LoadError};
 use crate::creds::paths::{CredentialPaths, FileRole};
 use crate::creds::validate::{inspect, Parts, Policy};
 
+/// How the report is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
 /// Runs the check and writes the report; returns whether the set is valid. A reader that went
 /// away (`check ... | head -1`: a broken pipe) is not an error: the verdict stands.
 pub fn run(
-    args: &CheckArgs,
     paths: &CredentialPaths,
+    policy: &Policy,
+    format: ReportFormat,
     out: &mut dyn Write,
 ) -> std::io::Result<bool> {
-    let policy = args.creds.policy(args.usage);
-    let report = check(paths, &policy, SystemTime::now());
-    let written = match args.output {
-        OutputFormat::Text => report::write_text(&report, out),
-        OutputFormat::Json => serde_json::to_writer_pretty(&mut *out, &report)
+    let report = check(paths, policy, SystemTime::now());
+    let written = match format {
+        ReportFormat::Text => report::write_text(&report, out),
+        ReportFormat::Json => serde_json::to_writer_pretty(&mut *out, &report)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out)),
     }

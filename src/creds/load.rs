@@ -92,7 +92,7 @@ impl RawBundle {
 /// Why a credential file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{role} {path} does not exist: check that the Secret/ConfigMap is mounted there and has this key, or point {flag} at the right file", path = path.display(), flag = role.flag())]
+    #[error("{role} {path} does not exist: check that the Secret/ConfigMap is mounted there and has this key", path = path.display())]
     Missing { role: FileRole, path: PathBuf },
     #[error("{role} {path} cannot be read: {detail}", path = path.display())]
     Unreadable {

@@ -1,5 +1,5 @@
-//! Which files make up one credential set (SPEC "Credentials"): `--cert-dir` with its
-//! kubernetes.io/tls names, overridden file by file by `--cert`, `--key`, `--ca`, plus `--peer-ca`.
+//! Which files make up one credential set: a directory with the kubernetes.io/tls names
+//! (`tls.crt`, `tls.key`, `ca.crt`), overridden file by file, plus an optional peer CA bundle.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,16 +14,6 @@ pub enum FileRole {
 }
 
 impl FileRole {
-    /// The flag that sets this file, for messages that tell the user what to change.
-    pub const fn flag(self) -> &'static str {
-        match self {
-            FileRole::Cert => "--cert",
-            FileRole::Key => "--key",
-            FileRole::Ca => "--ca",
-            FileRole::PeerCa => "--peer-ca",
-        }
-    }
-
     /// The file name inside a kubernetes.io/tls Secret volume.
     pub const fn secret_key(self) -> &'static str {
         match self {
@@ -55,15 +45,15 @@ pub struct CredentialPaths {
     pub peer_ca: Option<PathBuf>,
 }
 
-/// A flag combination that names no file for some role.
+/// No file is named for `role` (no directory, no file of its own).
 #[derive(Debug, thiserror::Error)]
-#[error("{flag} is required when --cert-dir is not given (or pass --cert-dir DIR for a mounted kubernetes.io/tls Secret)")]
+#[error("no {role} file is named, and no directory to find one in")]
 pub struct MissingPathError {
-    pub flag: &'static str,
+    pub role: FileRole,
 }
 
 impl CredentialPaths {
-    /// Resolves `--cert-dir` and the per-file overrides; a per-file flag wins over the directory.
+    /// Resolves the directory and the per-file overrides; a file of its own wins over the directory.
     pub fn resolve(
         cert_dir: Option<&Path>,
         cert: Option<&Path>,
@@ -75,7 +65,7 @@ impl CredentialPaths {
             match (given, cert_dir) {
                 (Some(p), _) => Ok(p.to_path_buf()),
                 (None, Some(dir)) => Ok(dir.join(role.secret_key())),
-                (None, None) => Err(MissingPathError { flag: role.flag() }),
+                (None, None) => Err(MissingPathError { role }),
             }
         };
         Ok(CredentialPaths {
@@ -131,7 +121,7 @@ mod tests {
     fn without_dir_every_file_is_required() {
         let err =
             CredentialPaths::resolve(None, Some(Path::new("c")), None, None, None).unwrap_err();
-        assert_eq!(err.flag, "--key");
-        assert!(err.to_string().contains("--cert-dir"));
+        assert_eq!(err.role, FileRole::Key);
+        assert!(err.to_string().contains("private key"), "{err}");
     }
 }

@@ -8,15 +8,16 @@ mod pki;
 mod upstream;
 
 use std::io::Write;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use tracing::{info, warn};
 
+use crate::admin::Listen;
 use crate::app::{self, CorePlan, ServerPlan};
 use crate::check::check;
-use crate::cli::{DemoArgs, Listen};
 use crate::creds::paths::CredentialPaths;
 use crate::creds::validate::{Policy, Usage};
 use crate::proxy::inbound::Allow;
@@ -24,11 +25,36 @@ use crate::proxy::{ListenerConfig, Protocol, Target};
 use crate::reload::SetConfig;
 use crate::tls::MinTls;
 
+/// What the demo is told.
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    /// Where to write the PKI; `None`: a new directory under the system temp dir, removed at exit.
+    pub dir: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub admin: Listen,
+    /// `0`: no rotation.
+    pub rotate_every: Duration,
+}
+
+/// Removes a directory of throwaway keys when dropped (also when the demo fails).
+struct Throwaway(Option<PathBuf>);
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// Writes the volumes, then serves until SIGINT/SIGTERM.
-pub async fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("mtls-sidecar-demo-{}", std::process::id())),
+pub async fn run(args: &DemoConfig, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let (dir, _cleanup) = match &args.dir {
+        Some(d) => (d.clone(), Throwaway(None)),
+        None => {
+            let d = std::env::temp_dir().join(format!("mtls-sidecar-demo-{}", std::process::id()));
+            (d.clone(), Throwaway(Some(d)))
+        }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let pki = pki::DemoPki::generate().context("generating the demo PKI")?;
@@ -59,13 +85,13 @@ pub async fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
 
     // Bind first, so the curl command names the real port (also with --listen 127.0.0.1:0).
     let probe = std::net::TcpListener::bind(args.listen)
-        .with_context(|| format!("--listen {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let listen = probe.local_addr()?;
     drop(probe);
-    let admin = match args.admin_listen {
+    let admin = match args.admin {
         Listen::On(a) => {
             let probe =
-                std::net::TcpListener::bind(a).with_context(|| format!("--admin-listen {a}"))?;
+                std::net::TcpListener::bind(a).with_context(|| format!("cannot listen on {a}"))?;
             Listen::On(probe.local_addr()?)
         }
         Listen::Off => Listen::Off,

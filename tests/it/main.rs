@@ -15,6 +15,7 @@ mod readme_flags;
 mod server_mode;
 mod support;
 mod support_selftest;
+mod usage_messages;
 mod validate_rules;
 mod watch_nginx;
 mod watch_signal;

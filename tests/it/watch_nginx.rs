@@ -16,11 +16,23 @@ use crate::support::fixture::{tls_files, Env};
 use crate::support::nginx::{masters_under, served_serial, Nginx};
 use crate::support::pki::{Leaf, TestPki};
 use crate::support::procs::{comm, descendants, ns_pid, parent, uid, HupCounter, ProcId};
-use crate::support::prom::{SIGNAL_FAILED, SIGNAL_OK, STAGE_OK, VERIFY_FAILED, VERIFY_OK};
+use crate::support::prom::{SIGNAL_OK, STAGE_OK, VERIFY_OK};
 use crate::support::sidecar::{wait_until, Sidecar};
 use crate::support::{require_root, require_tool};
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// Failures carry their reason as a label.
+const SIGNAL_NOT_PERMITTED: &str = r#"mtls_sidecar_actions_total{set="default",action="signal",result="failure",reason="permission_denied"}"#;
+const VERIFY_STILL_OLD: &str = r#"mtls_sidecar_actions_total{set="default",action="verify",result="failure",reason="still_old_certificate"}"#;
+
+/// Failures of `action`, whatever their reason.
+fn failures(sc: &Sidecar, action: &str) -> f64 {
+    sc.metric_sum(
+        "mtls_sidecar_actions_total",
+        &[("action", action), ("result", "failure")],
+    )
+}
 
 /// True if every tool is on PATH (each one checked with `require_tool`, which fails in CI).
 fn tools(names: &[&str]) -> bool {
@@ -214,7 +226,7 @@ fn process_name_sighups_only_the_nginx_master_once_per_real_change() {
         "signalled for a resync\n{}",
         sc.log()
     );
-    assert_eq!(sc.counter(SIGNAL_FAILED), 0.0, "{}", sc.log());
+    assert_eq!(failures(&sc, "signal"), 0.0, "{}", sc.log());
     assert_eq!(nginx.sighup_lines().len(), 1, "{:#?}", nginx.sighup_lines());
     assert_eq!(sc.generation(), 2);
 
@@ -361,7 +373,7 @@ fn a_reload_nginx_rejects_is_reported_by_verify_as_failed() {
         second.chain_pem
     );
     assert!(
-        sc.wait_until(WAIT, || sc.counter(VERIFY_FAILED) >= 1.0),
+        sc.wait_until(WAIT, || sc.counter(VERIFY_STILL_OLD) >= 1.0),
         "verify did not report the failed reload\n{}",
         sc.log()
     );
@@ -434,7 +446,7 @@ fn an_unprivileged_sidecar_cannot_signal_a_root_app_and_says_how_to_fix_it() {
 
     env.publish(&env.pki.server());
     assert!(
-        sc.wait_until(WAIT, || sc.counter(SIGNAL_FAILED) >= 1.0),
+        sc.wait_until(WAIT, || sc.counter(SIGNAL_NOT_PERMITTED) >= 1.0),
         "{}",
         sc.log()
     );
@@ -445,6 +457,7 @@ fn an_unprivileged_sidecar_cannot_signal_a_root_app_and_says_how_to_fix_it() {
             && log.contains("CAP_KILL"),
         "the log should name the fix (same UID or CAP_KILL):\n{log}"
     );
+    assert!(log.contains("permission_denied"), "no reason in:\n{log}");
     assert_eq!(sc.counter(SIGNAL_OK), 0.0);
     assert_eq!(app.count(), 0, "the app got a signal it should not have");
     assert_eq!(sc.generation(), 2, "the new bundle is still published");

@@ -92,20 +92,23 @@ fn signal_usage_errors_exit_2() {
     assert!(String::from_utf8_lossy(&no_name.stderr).contains("--process-name"));
 }
 
+/// `--pid 1` is a usage error; a pid file can still name PID 1 at run time.
 #[test]
 fn pid_1_is_refused_and_counted_as_failure() {
     let (env, _) = Env::with_first(TestPki::server);
     let dir = env.dir().display().to_string();
+    let pid_file = env.tmp().join("app.pid");
+    std::fs::write(&pid_file, "1\n").unwrap();
     let sc = Sidecar::watch([
         "--cert-dir",
         &dir,
         "--poll-interval",
         "0",
-        "--pid",
-        "1",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
         "--act-on-start",
     ]);
-    let failed = r#"mtls_sidecar_actions_total{set="default",action="signal",result="failure"}"#;
+    let failed = r#"mtls_sidecar_actions_total{set="default",action="signal",result="failure",reason="target_is_pid_1"}"#;
     assert!(
         sc.wait_until(WAIT, || sc.counter(failed) >= 1.0),
         "{}",
@@ -297,7 +300,7 @@ fn verify_reports_an_app_that_did_not_reload() {
     ]);
     assert!(sc.wait_until(WAIT, || sc.generation() == 1));
     env.publish(&env.pki.server());
-    let failed = r#"mtls_sidecar_actions_total{set="default",action="verify",result="failure"}"#;
+    let failed = r#"mtls_sidecar_actions_total{set="default",action="verify",result="failure",reason="still_old_certificate"}"#;
     assert!(
         sc.wait_until(WAIT, || sc.counter(failed) >= 1.0),
         "{}",

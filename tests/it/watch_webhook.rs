@@ -12,8 +12,21 @@ use crate::support::upstream::HttpUpstream;
 
 const WAIT: Duration = Duration::from_secs(10);
 const OK: &str = r#"mtls_sidecar_actions_total{set="default",action="webhook",result="success"}"#;
-const FAILED: &str =
-    r#"mtls_sidecar_actions_total{set="default",action="webhook",result="failure"}"#;
+
+/// The failure series of one reason.
+fn failed(reason: &str) -> String {
+    format!(
+        r#"mtls_sidecar_actions_total{{set="default",action="webhook",result="failure",reason="{reason}"}}"#
+    )
+}
+
+/// Failures of every reason.
+fn failures(sc: &Sidecar) -> f64 {
+    sc.metric_sum(
+        "mtls_sidecar_actions_total",
+        &[("action", "webhook"), ("result", "failure")],
+    )
+}
 
 /// A `watch --webhook URL EXTRA..` sidecar on a fresh volume that has published its first
 /// bundle (which is not acted on).
@@ -75,6 +88,16 @@ fn http_webhook_is_posted_once_per_change_with_the_new_facts() {
     assert_eq!(body["sha256"].as_str(), sc.sha256().as_deref());
     assert_eq!(body["subject"], "CN=api.production.svc.cluster.local");
     assert!(body["not_after"].as_str().unwrap().ends_with('Z'));
+    // Every failure reason is exported from the start, at zero.
+    for reason in [
+        "connect_failed",
+        "tls_failed",
+        "request_failed",
+        "http_status",
+        "timeout",
+    ] {
+        assert_eq!(sc.metric(&failed(reason)), Some(0.0), "{}", sc.metrics());
+    }
 }
 
 #[test]
@@ -95,7 +118,7 @@ fn https_webhook_verified_against_webhook_ca() {
     assert_eq!(got.path, "/reload");
     let body: serde_json::Value = serde_json::from_str(&got.body).unwrap();
     assert_eq!(body["generation"], 2);
-    assert_eq!(sc.counter(FAILED), 0.0);
+    assert_eq!(failures(&sc), 0.0);
 }
 
 #[test]
@@ -108,7 +131,7 @@ fn https_webhook_from_another_ca_is_a_failure_and_gets_no_post() {
     let sc = watch_with_hook(&env, &url, &["--webhook-ca", ca.to_str().unwrap()]);
     env.publish(&env.pki.server());
     assert!(
-        sc.wait_until(WAIT, || sc.counter(FAILED) >= 1.0),
+        sc.wait_until(WAIT, || sc.counter(&failed("tls_failed")) >= 1.0),
         "{}",
         sc.log()
     );
@@ -125,7 +148,7 @@ fn webhook_non_2xx_or_nothing_listening_is_a_failure() {
     let sc = watch_with_hook(&env, &url, &[]);
     env.publish(&env.pki.server());
     assert!(
-        sc.wait_until(WAIT, || sc.counter(FAILED) >= 1.0),
+        sc.wait_until(WAIT, || sc.counter(&failed("http_status")) >= 1.0),
         "{}",
         sc.log()
     );
@@ -140,7 +163,7 @@ fn webhook_non_2xx_or_nothing_listening_is_a_failure() {
     let sc2 = watch_with_hook(&env2, &format!("http://{closed}/reload"), &[]);
     env2.publish(&env2.pki.server());
     assert!(
-        sc2.wait_until(WAIT, || sc2.counter(FAILED) >= 1.0),
+        sc2.wait_until(WAIT, || sc2.counter(&failed("connect_failed")) >= 1.0),
         "{}",
         sc2.log()
     );

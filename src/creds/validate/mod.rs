@@ -32,7 +32,7 @@ use crate::creds::paths::FileRole;
 use crate::creds::pem::{self, Shape};
 
 /// Which TLS role the leaf must be fit for (SPEC `--usage`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Usage {
     #[default]

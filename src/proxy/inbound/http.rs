@@ -24,7 +24,9 @@ use crate::proxy::chain::{error_chain, find_in_chain};
 use crate::proxy::config::Target;
 use crate::proxy::headers::{check_host, strip_protected};
 use crate::proxy::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
-use crate::proxy::io::{connect, Activity, Slotted, TouchBody, Upstream, UpstreamBusy, UpstreamSlots};
+use crate::proxy::io::{
+    connect, Activity, Slotted, TouchBody, Upstream, UpstreamBusy, UpstreamSlots,
+};
 use crate::proxy::listener::Shared;
 
 /// Opens upstream connections for the pooled client.
@@ -156,101 +158,101 @@ impl Forwarder {
     }
 
     async fn forward(
-    &self,
-    mut req: Request<Incoming>,
-    id: &PeerIdentity,
-    peer: SocketAddr,
-) -> Response<Body> {
-    let cfg = &self.shared.cfg;
-    if req.method() == Method::CONNECT {
-        return short(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT is not supported: this is a reverse proxy",
-        );
-    }
-    if let Err(e) = check_host(&req) {
-        return short(StatusCode::BAD_REQUEST, &format!("bad request: {e}"));
-    }
-    let inbound_authority = req.uri().authority().map(|a| a.to_string());
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let grpc = req.version() == Version::HTTP_2
-        && req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/grpc"));
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    // Before ours are added: a client cannot send any of them, in any spelling.
-    strip_protected(headers);
-    // The target's authority (HTTP/2 `:authority`, an HTTP/1 absolute-form target) is the host
-    // the client means; the app reads it from Host (RFC 9112 3.2.2: it replaces Host).
-    if let Some(Ok(host)) = inbound_authority.map(|a| HeaderValue::from_str(&a)) {
-        headers.insert(header::HOST, host);
-    }
-    set(headers, "x-client-cert", &id.escaped_pem);
-    set(headers, "x-client-dn", &id.subject);
-    headers.insert("x-client-verify", HeaderValue::from_static("SUCCESS"));
-    set(headers, "x-forwarded-client-cert", &id.xfcc());
-    set(headers, "x-forwarded-for", &peer.ip().to_string());
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-    let uri = format!("http://{}{}", self.authority, path);
-    match uri.parse() {
-        Ok(u) => *req.uri_mut() = u,
-        Err(_) => return short(StatusCode::BAD_REQUEST, "request path cannot be forwarded"),
-    }
-    let client = if grpc { &self.h2 } else { &self.h1 };
-    *req.version_mut() = if grpc {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-    // Timed per request: not a fixed deadline (an upload that keeps moving is never cut), and
-    // not the connection's traffic (other HTTP/2 streams must not keep a stuck one waiting).
-    let waiting = Activity::new();
-    let request = client.request(req.map(|b| TouchBody::new(b, waiting.clone())));
-    let outcome = tokio::select! {
-        r = request => Ok(r),
-        _ = waiting.idle(cfg.idle_timeout) => Err(()),
-    };
-    match outcome {
-        Ok(Ok(resp)) => relay_response(resp),
-        Ok(Err(e)) if waiting.body_failed() => {
-            info!(error = %error_chain(&e), "the client's request body failed; answering 400");
-            short(
-                StatusCode::BAD_REQUEST,
-                "bad request: the request body is malformed or was cut short",
-            )
+        &self,
+        mut req: Request<Incoming>,
+        id: &PeerIdentity,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let cfg = &self.shared.cfg;
+        if req.method() == Method::CONNECT {
+            return short(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported: this is a reverse proxy",
+            );
         }
-        Ok(Err(e)) => {
-            if let Some(busy) = find_in_chain::<UpstreamBusy>(&e) {
-                warn!(target = %cfg.target, error = %busy, "upstream connection limit reached; answering 503");
-                return short(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service unavailable: too many requests in progress; try again",
-                );
+        if let Err(e) = check_host(&req) {
+            return short(StatusCode::BAD_REQUEST, &format!("bad request: {e}"));
+        }
+        let inbound_authority = req.uri().authority().map(|a| a.to_string());
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let grpc = req.version() == Version::HTTP_2
+            && req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("application/grpc"));
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        // Before ours are added: a client cannot send any of them, in any spelling.
+        strip_protected(headers);
+        // The target's authority (HTTP/2 `:authority`, an HTTP/1 absolute-form target) is the host
+        // the client means; the app reads it from Host (RFC 9112 3.2.2: it replaces Host).
+        if let Some(Ok(host)) = inbound_authority.map(|a| HeaderValue::from_str(&a)) {
+            headers.insert(header::HOST, host);
+        }
+        set(headers, "x-client-cert", &id.escaped_pem);
+        set(headers, "x-client-dn", &id.subject);
+        headers.insert("x-client-verify", HeaderValue::from_static("SUCCESS"));
+        set(headers, "x-forwarded-client-cert", &id.xfcc());
+        set(headers, "x-forwarded-for", &peer.ip().to_string());
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let uri = format!("http://{}{}", self.authority, path);
+        match uri.parse() {
+            Ok(u) => *req.uri_mut() = u,
+            Err(_) => return short(StatusCode::BAD_REQUEST, "request path cannot be forwarded"),
+        }
+        let client = if grpc { &self.h2 } else { &self.h1 };
+        *req.version_mut() = if grpc {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        // Timed per request: not a fixed deadline (an upload that keeps moving is never cut), and
+        // not the connection's traffic (other HTTP/2 streams must not keep a stuck one waiting).
+        let waiting = Activity::new();
+        let request = client.request(req.map(|b| TouchBody::new(b, waiting.clone())));
+        let outcome = tokio::select! {
+            r = request => Ok(r),
+            _ = waiting.idle(cfg.idle_timeout) => Err(()),
+        };
+        match outcome {
+            Ok(Ok(resp)) => relay_response(resp),
+            Ok(Err(e)) if waiting.body_failed() => {
+                info!(error = %error_chain(&e), "the client's request body failed; answering 400");
+                short(
+                    StatusCode::BAD_REQUEST,
+                    "bad request: the request body is malformed or was cut short",
+                )
             }
-            self.shared.metrics.upstream_failures.inc();
-            warn!(target = %cfg.target, error = %error_chain(&e), "upstream request failed");
-            short(
-                StatusCode::BAD_GATEWAY,
-                "bad gateway: the upstream app did not answer",
-            )
-        }
-        Err(_) => {
-            self.shared.metrics.upstream_failures.inc();
-            warn!(target = %cfg.target, timeout = ?cfg.idle_timeout, "upstream request timed out");
-            short(
-                StatusCode::GATEWAY_TIMEOUT,
-                "gateway timeout: the upstream app did not answer in time",
-            )
+            Ok(Err(e)) => {
+                if let Some(busy) = find_in_chain::<UpstreamBusy>(&e) {
+                    warn!(target = %cfg.target, error = %busy, "upstream connection limit reached; answering 503");
+                    return short(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "service unavailable: too many requests in progress; try again",
+                    );
+                }
+                self.shared.metrics.upstream_failures.inc();
+                warn!(target = %cfg.target, error = %error_chain(&e), "upstream request failed");
+                short(
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway: the upstream app did not answer",
+                )
+            }
+            Err(_) => {
+                self.shared.metrics.upstream_failures.inc();
+                warn!(target = %cfg.target, timeout = ?cfg.idle_timeout, "upstream request timed out");
+                short(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway timeout: the upstream app did not answer in time",
+                )
+            }
         }
     }
-}
 }
 
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {

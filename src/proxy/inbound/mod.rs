@@ -182,17 +182,13 @@ fn classify(e: &io::Error) -> HandshakeFailure {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 ClientCertNotYetValid
             }
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                ClientCertUntrusted
-            }
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => ClientCertUntrusted,
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
                 ClientCertWrongUsage
             }
             _ => ClientCertInvalid,
         },
-        Some(TlsError::PeerIncompatible(_)) | Some(TlsError::NoApplicationProtocol) => {
-            Incompatible
-        }
+        Some(TlsError::PeerIncompatible(_)) | Some(TlsError::NoApplicationProtocol) => Incompatible,
         Some(_) => HandshakeFailure::Protocol,
         None if e.kind() == io::ErrorKind::UnexpectedEof => Eof,
         None => Io,

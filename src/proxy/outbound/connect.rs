@@ -140,9 +140,7 @@ fn classify(e: &io::Error) -> (HandshakeFailure, String) {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 ServerCertNotYetValid
             }
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                ServerCertUntrusted
-            }
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => ServerCertUntrusted,
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
                 ServerCertWrongUsage
             }

@@ -14,7 +14,7 @@ use super::{
 use crate::support::cli_clients::{pinned_pubkey, CurlResult};
 use crate::support::nginx::{pid_namespace_wrapper_for, served_serial};
 use crate::support::pki::TestPki;
-use crate::support::prom::{SIGNAL_OK, STAGE_OK, VERIFY_FAILED, VERIFY_OK};
+use crate::support::prom::{SIGNAL_OK, STAGE_OK, VERIFY_OK};
 use crate::support::require_root;
 use crate::support::sidecar::{wait_until, Sidecar};
 
@@ -148,7 +148,10 @@ fn nginx_example_serves_and_reloads(name: &'static str) {
         nginx_context(&pod, &sc)
     );
     assert_eq!(
-        sc.counter(VERIFY_FAILED),
+        sc.metric_sum(
+            "mtls_sidecar_actions_total",
+            &[("action", "verify"), ("result", "failure")]
+        ),
         0.0,
         "{}",
         nginx_context(&pod, &sc)

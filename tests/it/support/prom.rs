@@ -73,14 +73,11 @@ pub fn parse_series(series: &str) -> Option<(String, Vec<(String, String)>)> {
     Some((name.trim().to_string(), labels))
 }
 
-/// `mtls_sidecar_actions_total` series of the `default` set (flags, no config file).
+/// `mtls_sidecar_actions_total` success series of the `default` set (flags, no config file);
+/// failures carry a `reason` label too: sum them with `Sidecar::metric_sum`.
 pub const SIGNAL_OK: &str =
     r#"mtls_sidecar_actions_total{set="default",action="signal",result="success"}"#;
-pub const SIGNAL_FAILED: &str =
-    r#"mtls_sidecar_actions_total{set="default",action="signal",result="failure"}"#;
 pub const VERIFY_OK: &str =
     r#"mtls_sidecar_actions_total{set="default",action="verify",result="success"}"#;
-pub const VERIFY_FAILED: &str =
-    r#"mtls_sidecar_actions_total{set="default",action="verify",result="failure"}"#;
 pub const STAGE_OK: &str =
     r#"mtls_sidecar_actions_total{set="default",action="stage",result="success"}"#;
