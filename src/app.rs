@@ -81,7 +81,9 @@ fn start_core(plan: &CorePlan, signals: Signals) -> Core {
     let cancel = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
-    let store = Store::new(plan.set.name.clone(), metrics.clone());
+    let store = Store::new(plan.set.name.clone());
+    // Every series of the set at zero, so rate() and increase() work from the start.
+    metrics.init_set(&plan.set.name);
     let mut tasks = JoinSet::new();
     let (tx, rx) = mpsc::channel(1);
     tasks.spawn(handle_signals(
@@ -99,6 +101,7 @@ fn start_core(plan: &CorePlan, signals: Signals) -> Core {
     tasks.spawn(reload::run(
         plan.set.clone(),
         store.clone(),
+        metrics.clone(),
         rx,
         cancel.clone(),
     ));

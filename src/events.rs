@@ -99,6 +99,23 @@ pub(crate) fn reload_refused(
         .inc();
 }
 
+/// Our own failure while reloading: counted as a failed reload, without a SPEC reason code.
+pub(crate) fn reload_internal(m: &Metrics, set: &str, message: &str) {
+    error!(
+        set,
+        result = "failure",
+        reason = "internal",
+        error = message,
+        "credentials not reloaded; keeping the last good ones"
+    );
+    m.reloads
+        .get_or_create(&SetResultLabels {
+            set: set.into(),
+            result: "failure",
+        })
+        .inc();
+}
+
 pub(crate) fn reload_unchanged(m: &Metrics, set: &str) {
     debug!(set, result = "unchanged", "credentials unchanged");
     m.reloads
@@ -118,21 +135,20 @@ pub(crate) fn reload_waiting(set: &str, reason: Reason, message: &str) {
     );
 }
 
-/// An action ran (or failed) after a publish.
+/// An action ran after a publish: `Ok(detail)`, or `Err((reason, error))`.
 pub(crate) fn action_done(
     m: &Metrics,
     set: &str,
     action: &'static str,
     generation: u64,
-    outcome: &Result<crate::actions::ActionOk, crate::actions::ActionError>,
+    outcome: Result<&dyn std::fmt::Display, (&'static str, &dyn std::fmt::Display)>,
 ) {
     let (result, reason) = match outcome {
         Ok(detail) => {
             info!(set, action, generation, detail = %detail, "action succeeded");
             ("success", None)
         }
-        Err(err) => {
-            let reason = err.reason();
+        Err((reason, err)) => {
             error!(set, action, generation, reason, error = %err, "action failed");
             ("failure", Some(reason))
         }

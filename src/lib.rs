@@ -45,5 +45,7 @@ pub mod proxy;
 pub mod reason;
 pub mod reload;
 pub mod signals;
+#[cfg(test)]
+mod test_pki;
 pub mod tls;
 pub mod watch;

@@ -31,6 +31,8 @@ pub enum Trigger {
     Poll,
     /// SIGHUP.
     Signal,
+    /// A re-check the reload task scheduled itself (a certificate becoming valid, a backoff).
+    Scheduled,
 }
 
 #[derive(Clone, Debug)]

@@ -233,7 +233,10 @@ async fn run_with_retries(
             store.set(),
             action.name(),
             published.generation,
-            &outcome,
+            match &outcome {
+                Ok(detail) => Ok(detail),
+                Err(e) => Err((e.reason(), e)),
+            },
         );
         let Some(pause) = backoff.next().filter(|_| outcome.is_err()) else {
             return;
@@ -253,11 +256,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     use std::time::SystemTime;
-
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
 
     use super::*;
     use crate::creds::load::{RawBundle, RawFile};
@@ -303,29 +301,15 @@ mod tests {
 
     /// A validated bundle made of a fresh rcgen CA and server leaf, as raw PEM files.
     fn raw_bundle() -> RawBundle {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::default();
-        ca.distinguished_name
-            .push(DnType::CommonName, "actions test CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-        let issuer = Issuer::new(ca, ca_key);
-        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf.is_ca = IsCa::ExplicitNoCa;
-        let leaf_key = KeyPair::generate().unwrap();
-        let cert_pem = leaf.signed_by(&leaf_key, &issuer).unwrap().pem();
+        let ca = crate::test_pki::TestCa::new();
+        let leaf = ca.server();
         let file = |role, name: &str, pem: String| {
             RawFile::new(role, format!("/t/{name}"), pem.into_bytes())
         };
         RawBundle {
-            cert: file(FileRole::Cert, "tls.crt", cert_pem),
-            key: file(FileRole::Key, "tls.key", leaf_key.serialize_pem()),
-            ca: file(FileRole::Ca, "ca.crt", ca_pem),
+            cert: file(FileRole::Cert, "tls.crt", leaf.cert_pem),
+            key: file(FileRole::Key, "tls.key", leaf.key_pem),
+            ca: file(FileRole::Ca, "ca.crt", ca.pem),
             peer_ca: None,
         }
     }
@@ -345,7 +329,7 @@ mod tests {
         fn new() -> Self {
             let metrics = Arc::new(Metrics::new());
             Harness {
-                store: Store::new("t", metrics.clone()),
+                store: Store::new("t"),
                 metrics,
                 raw: raw_bundle(),
                 log: Log::default(),

@@ -20,6 +20,9 @@ pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
 pub struct RawFile {
     pub role: FileRole,
     pub path: PathBuf,
+    /// The kubelet generation directory (`..data`'s target) it was read through; `None` for a
+    /// plain file, which a writer may be changing in place.
+    pub generation: Option<PathBuf>,
     bytes: Vec<u8>,
     sha256: [u8; 32],
 }
@@ -31,6 +34,7 @@ impl RawFile {
         RawFile {
             role,
             path: path.into(),
+            generation: None,
             bytes,
             sha256,
         }
@@ -55,6 +59,7 @@ impl fmt::Debug for RawFile {
         f.debug_struct("RawFile")
             .field("role", &self.role)
             .field("path", &self.path)
+            .field("generation", &self.generation)
             .field("len", &self.bytes.len())
             .field("sha256", &hex::encode(self.sha256))
             .finish()
@@ -71,6 +76,20 @@ pub struct RawBundle {
 }
 
 impl RawBundle {
+    /// The generation directory each file was read through, by user-visible path.
+    pub fn generations(&self) -> Vec<(PathBuf, Option<PathBuf>)> {
+        [
+            Some(&self.cert),
+            Some(&self.key),
+            Some(&self.ca),
+            self.peer_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|f| (f.path.clone(), f.generation.clone()))
+        .collect()
+    }
+
     /// One hash over every file, so "nothing changed" is a single comparison.
     pub fn content_hash(&self) -> [u8; 32] {
         let mut h = Sha256::new();

@@ -23,9 +23,12 @@ pub fn read_snapshot(paths: &CredentialPaths) -> Result<RawBundle, LoadError> {
         }
         let volumes = resolve_volumes(paths);
         let read = |role: FileRole, path: &Path| -> Result<RawFile, LoadError> {
-            let through = via_data(path, &volumes).unwrap_or_else(|| path.to_path_buf());
+            let via = via_data(path, &volumes);
+            let through = via.clone().unwrap_or_else(|| path.to_path_buf());
             let f = read_file(role, &through).map_err(|e| e.with_path(path))?;
-            Ok(RawFile::new(role, path, f.into_bytes()))
+            let mut f = RawFile::new(role, path, f.into_bytes());
+            f.generation = via.and_then(|p| p.parent().map(Path::to_path_buf));
+            Ok(f)
         };
         let result = (|| {
             Ok(RawBundle {

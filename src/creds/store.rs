@@ -1,8 +1,8 @@
-//! The credential store of one set: the only writer of what is served. Publishing dedupes by
-//! content hash, bumps the generation, swaps the bundle in with one `ArcSwap` store and notifies
-//! subscribers (proxy listeners, actions) through a `watch` channel. A refused update keeps the
-//! last good bundle and is remembered as `last_error`. Every outcome is logged and counted in
-//! [`crate::events`].
+//! The credential store of one set: the only writer of what is served, and nothing else. It
+//! holds the served bundle (one `ArcSwap` load to read it, no lock), numbers publishes, tells
+//! subscribers (listeners, actions) through a `watch` channel, and remembers why the last update
+//! was refused. It neither logs nor counts: the reload task reports every outcome
+//! (`crate::events`). A refused update keeps the last good bundle.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -10,9 +10,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
-use super::validate::{Bundle, CertFacts};
-use crate::events;
-use crate::metrics::Metrics;
+use super::validate::Bundle;
 use crate::reason::Reason;
 
 /// A bundle as served: validated, numbered, timestamped.
@@ -24,10 +22,42 @@ pub struct Published {
     pub loaded_at: SystemTime,
 }
 
+/// What a publish changed.
+#[derive(Debug)]
+pub struct Publish {
+    pub old: Option<Arc<Published>>,
+    pub new: Arc<Published>,
+}
+
+/// Why an update was not published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The files were read and refused: a SPEC reason code.
+    Rejected(Reason),
+    /// Our own failure (a panic while reading or validating): a bug, never the files' fault.
+    Internal,
+}
+
+impl Refusal {
+    /// The reason code, or `internal`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Rejected(r) => r.as_str(),
+            Refusal::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why the most recent update was refused.
 #[derive(Clone, Debug)]
 pub struct LastError {
-    pub reason: Reason,
+    pub reason: Refusal,
     pub message: String,
     pub at: SystemTime,
 }
@@ -39,19 +69,15 @@ pub struct Store {
     generation: watch::Sender<u64>,
     /// Written by the set's reload task, read by `/status`; never touched on a connection path.
     last_error: Mutex<Option<LastError>>,
-    metrics: Arc<Metrics>,
 }
 
 impl Store {
-    pub fn new(set: impl Into<String>, metrics: Arc<Metrics>) -> Arc<Self> {
-        let set = set.into();
-        metrics.init_set(&set);
+    pub fn new(set: impl Into<String>) -> Arc<Self> {
         Arc::new(Store {
-            set,
+            set: set.into(),
             current: ArcSwapOption::empty(),
             generation: watch::channel(0).0,
             last_error: Mutex::new(None),
-            metrics,
         })
     }
 
@@ -73,23 +99,16 @@ impl Store {
         self.lock_last_error().clone()
     }
 
-    /// True if `hash` is the content already served; counts it as an `unchanged` reload.
-    pub fn is_unchanged(&self, hash: &[u8; 32]) -> bool {
-        let same = self
-            .current
+    /// True if `hash` is the content served now.
+    pub fn serves(&self, hash: &[u8; 32]) -> bool {
+        self.current
             .load()
             .as_ref()
-            .is_some_and(|p| &p.bundle.content_hash() == hash);
-        if same {
-            // The files on disk are fine again: whatever was refused earlier is no longer pending.
-            *self.lock_last_error() = None;
-            events::reload_unchanged(&self.metrics, &self.set);
-        }
-        same
+            .is_some_and(|p| &p.bundle.content_hash() == hash)
     }
 
-    /// Serves `bundle` from now on.
-    pub fn publish(&self, bundle: Bundle) -> Arc<Published> {
+    /// Serves `bundle` from now on; whatever was refused before is no longer pending.
+    pub fn publish(&self, bundle: Bundle) -> Publish {
         let old = self.current.load_full();
         let new = Arc::new(Published {
             generation: old.as_ref().map_or(1, |p| p.generation + 1),
@@ -98,22 +117,12 @@ impl Store {
         });
         self.current.store(Some(new.clone()));
         *self.lock_last_error() = None;
-        events::reload_published(&self.metrics, &self.set, old.as_deref(), &new);
         self.generation.send_replace(new.generation);
-        new
+        Publish { old, new }
     }
 
     /// Records a refused update; the served bundle stays.
-    pub fn refuse(&self, reason: Reason, message: String, rejected: Option<&CertFacts>) {
-        let current = self.current.load_full();
-        events::reload_refused(
-            &self.metrics,
-            &self.set,
-            reason,
-            &message,
-            current.as_deref(),
-            rejected,
-        );
+    pub fn refuse(&self, reason: Refusal, message: String) {
         *self.lock_last_error() = Some(LastError {
             reason,
             message,
@@ -121,18 +130,22 @@ impl Store {
         });
     }
 
-    /// Records that files are not there yet before anything was ever served (not a failure).
-    pub fn waiting(&self, reason: Reason, message: String) {
+    /// Forgets the last refusal (the files match what is served again).
+    pub fn clear_error(&self) {
+        *self.lock_last_error() = None;
+    }
+
+    /// Records that files are not there yet (before anything was ever served: not a failure);
+    /// true if this is news (another message than the one recorded), so it is worth a log line.
+    pub fn waiting(&self, reason: Reason, message: String) -> bool {
         let mut last = self.lock_last_error();
-        // Polls repeat this every interval: log only when the situation changes.
-        if last.as_ref().is_none_or(|e| e.message != message) {
-            events::reload_waiting(&self.set, reason, &message);
-        }
+        let news = last.as_ref().is_none_or(|e| e.message != message);
         *last = Some(LastError {
-            reason,
+            reason: Refusal::Rejected(reason),
             message,
             at: SystemTime::now(),
         });
+        news
     }
 
     fn lock_last_error(&self) -> std::sync::MutexGuard<'_, Option<LastError>> {

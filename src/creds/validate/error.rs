@@ -104,6 +104,16 @@ impl ValidateError {
         }
     }
 
+    /// Every file the failure is about: two for a key that does not match its certificate or a
+    /// chain that does not reach the CA, one otherwise.
+    pub fn files(&self) -> Vec<&Path> {
+        match self {
+            ValidateError::KeyMismatch { key, cert, .. } => vec![key, cert],
+            ValidateError::UntrustedChain { cert, ca, .. } => vec![cert, ca],
+            other => vec![other.path()],
+        }
+    }
+
     /// The file the user should look at first.
     pub fn path(&self) -> &Path {
         match self {
