@@ -29,6 +29,22 @@ use crate::signals::{Received, Signals};
 use crate::tls::Pins;
 use crate::watch::{self, Trigger, WatchConfig};
 
+/// An address that could not be bound at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("the admin endpoint cannot listen on {addr}: {source} (port in use? use another address, or turn it off)")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener {name} cannot listen on {addr}: {source} (port in use, or not allowed?)")]
+    Listener {
+        name: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 /// How credentials are watched, for every long-running subcommand.
 #[derive(Clone, Debug)]
 pub struct CorePlan {
@@ -124,11 +140,9 @@ impl Core {
         let Listen::On(addr) = addr else {
             return Ok(());
         };
-        let socket = admin::bind(addr).await.with_context(|| {
-            format!(
-                "--admin-listen {addr}: cannot listen (port in use? use another address or `off`)"
-            )
-        })?;
+        let socket = admin::bind(addr)
+            .await
+            .map_err(|source| BindError::Admin { addr, source })?;
         let state = Arc::new(AdminState {
             stores: vec![self.store.clone()],
             metrics: self.metrics.clone(),
@@ -212,12 +226,13 @@ async fn start_listener(
     signals: Signals,
     reasons: &[HandshakeFailure],
 ) -> anyhow::Result<(tokio::net::TcpListener, Core, Shared)> {
-    let (socket, address) = listener::bind(&cfg).await.with_context(|| {
-        format!(
-            "--listen {}: cannot listen (port in use, or not allowed?)",
-            cfg.listen
-        )
-    })?;
+    let (socket, address) = listener::bind(&cfg)
+        .await
+        .map_err(|source| BindError::Listener {
+            name: cfg.name.clone(),
+            addr: cfg.listen,
+            source,
+        })?;
     let mut core = start_core(plan, signals);
     let shared = Shared::new(cfg, core.metrics.clone(), address, reasons);
     core.start_admin(plan.admin, vec![shared.stats.clone()])

@@ -12,10 +12,10 @@ use tracing_subscriber::EnvFilter;
 use mtls_sidecar::actions::signal::{comm_name, parse_signal, SignalAction, SignalTarget};
 use mtls_sidecar::actions::stage::StageAction;
 use mtls_sidecar::actions::verify::VerifyAction;
-use mtls_sidecar::actions::webhook::WebhookAction;
+use mtls_sidecar::actions::webhook::{WebhookAction, WebhookInput, WebhookSetupError};
 use mtls_sidecar::actions::{exec::ExecAction, Action, Pacing};
 use mtls_sidecar::admin::{Listen, MAX_ADMIN_CONNECTIONS};
-use mtls_sidecar::app::{self, ClientPlan, CorePlan, ServerPlan, WatchPlan};
+use mtls_sidecar::app::{self, BindError, ClientPlan, CorePlan, ServerPlan, WatchPlan};
 use mtls_sidecar::check::ReportFormat;
 use mtls_sidecar::cli::{
     non_empty, Cli, ClientArgs, Command, ConnArgs, LogFormat, OutputFormat, ReloadArgs, ServerArgs,
@@ -126,7 +126,9 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
     }
     let target = match (&args.pid_file, &args.process_name, args.pid) {
         (Some(f), _, _) => Some(SignalTarget::PidFile(f.clone())),
-        (_, Some(n), _) => Some(SignalTarget::ProcessName(comm_name(n)?)),
+        (_, Some(n), _) => Some(SignalTarget::ProcessName(
+            comm_name(n).map_err(|e| format!("--process-name {n:?}: {e}"))?,
+        )),
         (_, _, Some(p)) => Some(SignalTarget::Pid(p)),
         _ => None,
     };
@@ -154,10 +156,16 @@ fn watch_plan(args: &WatchArgs) -> Result<WatchPlan, String> {
         }));
     }
     if let Some(url) = &args.webhook {
-        actions.push(Action::Webhook(WebhookAction::new(
-            url,
-            args.webhook_ca.as_deref(),
-        )?));
+        let webhook = WebhookAction::new(url, args.webhook_ca.as_deref()).map_err(|e| {
+            match (e.input(), &e) {
+                (WebhookInput::Ca, _) => format!("--webhook-ca: {e}"),
+                (_, WebhookSetupError::NoSystemRoots { .. }) => {
+                    format!("--webhook: {e} with --webhook-ca FILE")
+                }
+                _ => format!("--webhook: {e}"),
+            }
+        })?;
+        actions.push(Action::Webhook(webhook));
     } else if args.webhook_ca.is_some() {
         return Err("--webhook-ca needs an https:// --webhook URL".into());
     }
@@ -406,7 +414,13 @@ fn usage_error(msg: &str) -> ExitCode {
 }
 
 fn runtime_error(err: &anyhow::Error) -> ExitCode {
-    say(&format!("error: {err:#}\n"));
+    // Say which flag chose an address that could not be bound.
+    let flag = match err.downcast_ref::<BindError>() {
+        Some(BindError::Admin { .. }) => "--admin-listen: ",
+        Some(BindError::Listener { .. }) => "--listen: ",
+        None => "",
+    };
+    say(&format!("error: {flag}{err:#}\n"));
     ExitCode::from(1)
 }
 

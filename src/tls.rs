@@ -141,7 +141,7 @@ impl ServerCertVerifier for LeafRecorder {
 
 /// A client config for one probe of which leaf an app serves (no client certificate: the
 /// server's certificate arrives before the app could ask for ours).
-pub fn leaf_probe() -> Result<(Arc<ClientConfig>, Arc<LeafRecorder>), String> {
+pub fn leaf_probe() -> Result<(Arc<ClientConfig>, Arc<LeafRecorder>), TlsBuildError> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let recorder = Arc::new(LeafRecorder {
         seen: std::sync::Mutex::new(None),
@@ -149,7 +149,7 @@ pub fn leaf_probe() -> Result<(Arc<ClientConfig>, Arc<LeafRecorder>), String> {
     });
     let cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS versions: {e}"))?
+        .map_err(TlsBuildError::Versions)?
         .dangerous()
         .with_custom_certificate_verifier(recorder.clone())
         .with_no_client_auth();
@@ -157,11 +157,11 @@ pub fn leaf_probe() -> Result<(Arc<ClientConfig>, Arc<LeafRecorder>), String> {
 }
 
 /// A client config that verifies servers against `roots` (webpki, hostname checked) and
-/// presents no client certificate: `--webhook https://...`.
-pub fn https_client(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
+/// presents no client certificate: the https webhook.
+pub fn https_client(roots: RootCertStore) -> Result<Arc<ClientConfig>, TlsBuildError> {
     let cfg = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS versions: {e}"))?
+        .map_err(TlsBuildError::Versions)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(cfg))

@@ -172,7 +172,7 @@ fn refresh_watches(
                 }
                 // Existing but unwatchable (e.g. fs.inotify.max_user_watches reached): say so.
                 Err(e) => {
-                    warn!(path = %dir.display(), error = %e, "cannot watch directory; relying on --poll-interval until it works")
+                    warn!(path = %dir.display(), error = %e, "cannot watch directory; relying on the poll until it works")
                 }
             }
         }

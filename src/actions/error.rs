@@ -43,7 +43,7 @@ impl ActionError {
 /// `--stage-dir`.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    #[error("cannot stage into --stage-dir {dir}: {source}; is it writable by this container (an emptyDir shared with the app)?", dir = dir.display())]
+    #[error("cannot stage into {dir}: {source}; is it writable by this container (an emptyDir shared with the app)?", dir = dir.display())]
     Write { dir: PathBuf, source: io::Error },
     #[error("stage task failed: {0}")]
     Task(#[source] JoinError),
@@ -62,9 +62,9 @@ impl StageError {
 /// `--signal` to `--pid-file`, `--process-name` or `--pid`.
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
-    #[error("cannot read --pid-file {path}: {source}; is the app running, and is its pid file on a volume shared with this container?", path = path.display())]
+    #[error("cannot read the pid file {path}: {source}; is the app running, and is its pid file on a volume shared with this container?", path = path.display())]
     PidFileUnreadable { path: PathBuf, source: io::Error },
-    #[error("--pid-file {path} does not hold a PID (it holds {content:?})", path = path.display())]
+    #[error("the pid file {path} does not hold a PID (it holds {content:?})", path = path.display())]
     PidFileInvalid {
         path: PathBuf,
         /// The first 40 characters.

@@ -97,9 +97,7 @@ pub fn resolve(proc_root: &Path, target: &SignalTarget) -> Result<Vec<i32>, Sign
 pub fn comm_name(name: &str) -> Result<String, String> {
     let base = name.rsplit('/').next().unwrap_or(name);
     if base.is_empty() {
-        return Err(format!(
-            "--process-name {name:?}: expected a process name such as nginx"
-        ));
+        return Err("expected a process name such as nginx".into());
     }
     let mut end = base.len().min(TASK_COMM_MAX);
     while !base.is_char_boundary(end) {
@@ -298,7 +296,7 @@ mod tests {
         assert_eq!(err.reason(), "target_not_found");
         let f = p.path().join("nginx.pid");
         let err = resolve(p.path(), &SignalTarget::PidFile(f.clone())).unwrap_err();
-        assert!(err.to_string().contains("--pid-file"), "{err}");
+        assert!(err.to_string().contains("pid file"), "{err}");
         assert_eq!(err.reason(), "target_not_found");
         std::fs::write(&f, "garbage\n").unwrap();
         let err = resolve(p.path(), &SignalTarget::PidFile(f.clone())).unwrap_err();

@@ -4,7 +4,7 @@
 //! verified against `--webhook-ca FILE` when given, otherwise against the system trust store;
 //! the trust anchors are loaded once at start-up. One connection per POST (posts are rare).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,29 +37,71 @@ pub struct WebhookAction {
     tls: Option<Arc<ClientConfig>>,
 }
 
+/// Why a webhook cannot be set up; [`WebhookSetupError::input`] says whether the URL or the CA
+/// bundle is at fault, for the layer that knows the flags.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookSetupError {
+    #[error("{url:?} is not a URL ({detail}); expected http(s)://host[:port]/path")]
+    BadUrl { url: String, detail: String },
+    #[error("{url:?}: expected http(s)://host[:port]/path")]
+    NotHttp { url: String },
+    #[error("user:password@ in the URL is not supported (it would be sent as the Host header); put a token in the path or query")]
+    UserInfo,
+    #[error("a CA bundle is only used with an https:// URL, not an http:// one")]
+    CaWithHttp,
+    #[error("{path}: {detail}", path = path.display())]
+    CaFile { path: PathBuf, detail: String },
+    #[error("{path}: no usable CA certificate (expected PEM `CERTIFICATE` blocks)", path = path.display())]
+    CaEmpty { path: PathBuf },
+    #[error("https:// needs trust anchors, but the system trust store holds no CA certificates{why}; give a CA bundle")]
+    NoSystemRoots { why: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsBuildError),
+}
+
+/// What a [`WebhookSetupError`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookInput {
+    Url,
+    Ca,
+}
+
+impl WebhookSetupError {
+    pub fn input(&self) -> WebhookInput {
+        match self {
+            WebhookSetupError::CaFile { .. }
+            | WebhookSetupError::CaEmpty { .. }
+            | WebhookSetupError::CaWithHttp => WebhookInput::Ca,
+            _ => WebhookInput::Url,
+        }
+    }
+}
+
 impl WebhookAction {
     /// Checks `url` (`http://` or `https://host[:port]/path`) and, for https, loads the trust
-    /// anchors from `ca` or the system store. Every problem is a usage error naming the flag.
-    pub fn new(url: &str, ca: Option<&Path>) -> Result<Self, String> {
-        let uri: hyper::Uri = url
-            .parse()
-            .map_err(|e| format!("--webhook: {e} (expected http(s)://host[:port]/path)"))?;
+    /// anchors from `ca` or the system store.
+    pub fn new(url: &str, ca: Option<&Path>) -> Result<Self, WebhookSetupError> {
+        let uri: hyper::Uri =
+            url.parse().map_err(
+                |e: hyper::http::uri::InvalidUri| WebhookSetupError::BadUrl {
+                    url: url.into(),
+                    detail: e.to_string(),
+                },
+            )?;
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err("--webhook: user:password@ in the URL is not supported (it would be sent as the Host header); put a token in the path or query".into());
+            return Err(WebhookSetupError::UserInfo);
         }
+        let not_http = || WebhookSetupError::NotHttp { url: url.into() };
         let host = uri
             .host()
-            .ok_or_else(|| format!("--webhook {url:?}: expected http(s)://host[:port]/path"))?
+            .ok_or_else(not_http)?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
         let (port, tls) = match uri.scheme_str() {
             Some("http") => {
                 if ca.is_some() {
-                    return Err(
-                        "--webhook-ca is only used with an https:// --webhook, not an http:// one"
-                            .into(),
-                    );
+                    return Err(WebhookSetupError::CaWithHttp);
                 }
                 (uri.port_u16().unwrap_or(80), None)
             }
@@ -73,11 +115,7 @@ impl WebhookAction {
                     Some(crate::tls::https_client(roots)?),
                 )
             }
-            _ => {
-                return Err(format!(
-                    "--webhook {url:?}: expected http(s)://host[:port]/path"
-                ))
-            }
+            _ => return Err(not_http()),
         };
         let shown = format!(
             "{}://{}{}",
@@ -189,25 +227,28 @@ impl WebhookAction {
     }
 }
 
-/// The certificates of a PEM bundle given with `--webhook-ca`.
-fn roots_from_file(file: &Path) -> Result<RootCertStore, String> {
-    let what = format!("--webhook-ca {}", file.display());
+/// The certificates of the webhook's CA bundle.
+fn roots_from_file(file: &Path) -> Result<RootCertStore, WebhookSetupError> {
+    let bad = |e: rustls::pki_types::pem::Error| WebhookSetupError::CaFile {
+        path: file.to_path_buf(),
+        detail: e.to_string(),
+    };
     let certs = CertificateDer::pem_file_iter(file)
-        .map_err(|e| format!("{what}: {e}"))?
+        .map_err(bad)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{what}: {e}"))?;
+        .map_err(bad)?;
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(format!(
-            "{what}: no usable CA certificate (expected PEM `CERTIFICATE` blocks)"
-        ));
+        return Err(WebhookSetupError::CaEmpty {
+            path: file.to_path_buf(),
+        });
     }
     Ok(roots)
 }
 
 /// The system trust store (honours SSL_CERT_FILE / SSL_CERT_DIR).
-fn system_roots() -> Result<RootCertStore, String> {
+fn system_roots() -> Result<RootCertStore, WebhookSetupError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);
@@ -217,9 +258,7 @@ fn system_roots() -> Result<RootCertStore, String> {
             .first()
             .map(|e| format!(" ({e})"))
             .unwrap_or_default();
-        return Err(format!(
-            "--webhook with https://: no CA certificates in the system trust store{why}; pass --webhook-ca FILE"
-        ));
+        return Err(WebhookSetupError::NoSystemRoots { why });
     }
     Ok(roots)
 }

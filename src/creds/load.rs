@@ -189,7 +189,7 @@ pub fn read_file(role: FileRole, path: &Path) -> Result<RawFile, LoadError> {
     // Judge what was opened, not what the path named a moment earlier.
     let ft = file.metadata().map_err(io_err)?.file_type();
     if ft.is_dir() {
-        return Err(unreadable("it is a directory, not a file; pass the file inside it, or use --cert-dir for the directory"));
+        return Err(unreadable("it is a directory, not a file; name the file inside it (a directory holds the files of a Secret, not one of them)"));
     }
     if !ft.is_file() && !is_char_device(&ft) {
         return Err(unreadable("it is not a regular file (FIFO or socket)"));

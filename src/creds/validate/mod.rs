@@ -378,14 +378,14 @@ fn read_ca(file: &RawFile, errors: &mut Vec<ValidateError>) -> CaBundle {
     let decoded = match decode_or_record(file, errors) {
         None => return out,
         Some((Shape::Empty, _)) => {
-            errors.push(empty("the file is empty; with a CA issuer cert-manager fills ca.crt, otherwise mount a CA bundle (e.g. a trust-manager ConfigMap) and pass --ca".into()));
+            errors.push(empty("the file is empty; with a CA issuer cert-manager fills ca.crt, otherwise mount a CA bundle (e.g. a trust-manager ConfigMap) and use that file as the CA bundle".into()));
             return out;
         }
         Some((_, d)) if d.certs.is_empty() => {
             errors.push(empty(only_holds(
                 &d.labels,
                 "a CERTIFICATE block",
-                "point --ca at the CA certificate bundle",
+                "this file should hold the CA certificates",
             )));
             return out;
         }

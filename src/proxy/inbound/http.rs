@@ -143,7 +143,7 @@ impl Forwarder {
             let mut r = short(
                 StatusCode::FORBIDDEN,
                 &format!(
-                    "forbidden: client {} is not allowed by this listener's --allow-* rules",
+                    "forbidden: client {} is not allowed by this listener's allow-list",
                     id.subject
                 ),
             );

@@ -147,7 +147,7 @@ async fn forward(
     if req.method() == Method::CONNECT {
         return short(
             StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT is not supported: requests go to --target",
+            "CONNECT is not supported: requests go to the configured target",
         );
     }
     // The app's Host is replaced by the server's name below: no Host rules to apply here (a
