@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use super::error::ExecError;
-use super::ActionOk;
+use super::outcome::ActionOk;
 use crate::creds::store::Published;
 
 /// A program that has not finished by then is killed and counted as failed.

@@ -7,17 +7,15 @@
 
 pub mod error;
 pub mod exec;
+pub mod outcome;
 pub mod signal;
 pub mod stage;
 pub mod verify;
 pub mod webhook;
 
-use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +23,7 @@ use crate::creds::store::{Published, Store};
 use crate::metrics::{ActionLabels, Metrics};
 
 pub use error::ActionError;
+pub use outcome::ActionOk;
 
 /// Pauses between attempts at a failed action.
 const RETRY_BACKOFF: [Duration; 5] = [
@@ -93,50 +92,6 @@ impl Action {
             Action::Verify(a) => Ok(a.run(published).await?),
             #[cfg(test)]
             Action::Fake(a) => a.run(published).await,
-        }
-    }
-}
-
-/// What a successful action did; `Display` is the `detail` of its log line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ActionOk {
-    Staged {
-        dir: PathBuf,
-    },
-    Signalled {
-        signal: Signal,
-        pids: Vec<i32>,
-    },
-    Exited {
-        program: String,
-    },
-    Posted {
-        url: String,
-        status: hyper::StatusCode,
-    },
-    Served {
-        addr: String,
-        after: Duration,
-    },
-}
-
-impl fmt::Display for ActionOk {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ActionOk::Staged { dir } => write!(f, "staged into {}", dir.display()),
-            ActionOk::Signalled { signal, pids } => {
-                write!(f, "sent {signal} to pid ")?;
-                for (i, pid) in pids.iter().enumerate() {
-                    let sep = if i == 0 { "" } else { ", " };
-                    write!(f, "{sep}{pid}")?;
-                }
-                Ok(())
-            }
-            ActionOk::Exited { program } => write!(f, "{program} exited 0"),
-            ActionOk::Posted { url, status } => write!(f, "POST {url} answered {status}"),
-            ActionOk::Served { addr, after } => {
-                write!(f, "{addr} serves the new certificate after {after:?}")
-            }
         }
     }
 }
@@ -521,7 +476,7 @@ mod tests {
     #[test]
     fn success_details_read_as_before() {
         let signalled = ActionOk::Signalled {
-            signal: Signal::SIGHUP,
+            signal: nix::sys::signal::Signal::SIGHUP,
             pids: vec![7, 8],
         };
         assert_eq!(signalled.to_string(), "sent SIGHUP to pid 7, 8");

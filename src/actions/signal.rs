@@ -12,7 +12,7 @@ use std::str::FromStr;
 use nix::sys::signal::Signal;
 
 use super::error::SignalError;
-use super::ActionOk;
+use super::outcome::ActionOk;
 
 /// Which processes get the signal.
 #[derive(Clone, Debug, PartialEq, Eq)]

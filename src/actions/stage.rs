@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::error::StageError;
-use super::ActionOk;
+use super::outcome::ActionOk;
 use crate::creds::store::Published;
 
 #[derive(Clone, Debug)]

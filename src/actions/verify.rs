@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::error::{ProbeError, VerifyError};
-use super::ActionOk;
+use super::outcome::ActionOk;
 use crate::creds::store::Published;
 
 #[derive(Clone, Debug)]

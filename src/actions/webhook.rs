@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::error::WebhookError;
-use super::ActionOk;
+use super::outcome::ActionOk;
 use crate::creds::store::Published;
 use crate::creds::validate::rfc3339;
 

@@ -32,9 +32,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::config::ListenerConfig;
 use super::header_block;
 use super::io::{Activity, Tracked};
-use super::ListenerConfig;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 

@@ -16,7 +16,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::Target;
+use super::config::Target;
 
 /// A plaintext upstream stream.
 pub enum Upstream {

@@ -6,8 +6,8 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use super::config::ListenerConfig;
 use super::io::{Activity, Tracked};
-use super::ListenerConfig;
 
 /// Returns the error that ended the copy, if one did (after it was logged at debug level).
 pub async fn splice<A, B>(client: A, upstream: B, cfg: &ListenerConfig) -> Option<std::io::Error>

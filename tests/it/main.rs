@@ -2,6 +2,7 @@
 
 mod admin_endpoint;
 mod adversarial;
+mod architecture;
 mod check_cli;
 mod check_openssl;
 mod client_mode;

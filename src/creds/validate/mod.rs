@@ -11,6 +11,7 @@ mod chain;
 mod error;
 mod facts;
 mod key;
+mod policy;
 mod rules;
 
 use std::path::Path;
@@ -19,35 +20,18 @@ use std::time::SystemTime;
 
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
-use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use rustls_pki_types::{CertificateDer, TrustAnchor};
 use serde::Serialize;
 
 pub use bundle::Bundle;
 pub use error::ValidateError;
 pub use facts::{human_span, rfc3339, CertFacts, KeyKind};
 pub use key::KeyFacts;
+pub use policy::{Policy, Usage};
 
 use crate::creds::load::{RawBundle, RawFile};
 use crate::creds::paths::FileRole;
 use crate::creds::pem::{self, Shape};
-
-/// Which TLS role the leaf must be fit for (SPEC `--usage`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Usage {
-    #[default]
-    Server,
-    Client,
-    Both,
-}
-
-/// What the leaf must satisfy beyond being well-formed and trusted.
-#[derive(Clone, Debug, Default)]
-pub struct Policy {
-    pub usage: Usage,
-    pub expect_dns: Vec<String>,
-    pub expect_uri: Vec<String>,
-}
 
 /// The files to validate; `None` where a file could not be read (only `check` passes those).
 #[derive(Debug, Default)]
@@ -479,9 +463,4 @@ fn only_holds(labels: &[String], wanted: &str, swapped_hint: &str) -> String {
     } else {
         format!("it holds only {list}, not {wanted}")
     }
-}
-
-/// Current time for webpki.
-fn unix_time(t: SystemTime) -> UnixTime {
-    UnixTime::since_unix_epoch(t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
 }

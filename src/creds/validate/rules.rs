@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::chain::{EKU_CLIENT, EKU_SERVER};
 use super::error::ValidateError;
 use super::facts::{human_span, rfc3339, CertFacts};
-use super::{unix_time, Policy, Usage};
+use super::policy::{unix_time, Policy, Usage};
 use crate::creds::x509::dns_matches;
 
 /// Records `not_yet_valid` / `expired`; returns whether `now` is inside the window.
