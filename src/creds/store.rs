@@ -153,3 +153,59 @@ impl Store {
         self.last_error.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::creds::load::{RawBundle, RawFile};
+    use crate::creds::paths::FileRole;
+    use crate::creds::validate::{validate, Policy};
+
+    fn bundle() -> Bundle {
+        let ca = crate::test_pki::TestCa::new();
+        let leaf = ca.server();
+        let file = |role, pem: String| RawFile::new(role, "/t/f", pem.into_bytes());
+        let raw = RawBundle {
+            cert: file(FileRole::Cert, leaf.cert_pem),
+            key: file(FileRole::Key, leaf.key_pem),
+            ca: file(FileRole::Ca, ca.pem),
+            peer_ca: None,
+        };
+        validate(raw, &Policy::default(), SystemTime::now()).expect("valid")
+    }
+
+    #[test]
+    fn publishing_numbers_generations_notifies_and_clears_the_refusal() {
+        let store = Store::new("t");
+        let mut rx = store.subscribe();
+        store.refuse(Refusal::Rejected(Reason::KeyMismatch), "no".into());
+        let (b1, b2) = (bundle(), bundle());
+        let (h1, h2) = (b1.content_hash(), b2.content_hash());
+        let first = store.publish(b1);
+        assert!(first.old.is_none());
+        assert_eq!(first.new.generation, 1);
+        assert!(store.last_error().is_none(), "a publish ends the refusal");
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 1);
+        assert!(store.serves(&h1) && !store.serves(&h2));
+        let second = store.publish(b2);
+        assert_eq!(second.old.map(|p| p.generation), Some(1));
+        assert_eq!(second.new.generation, 2);
+        assert!(store.serves(&h2), "serves() is a pure question");
+        assert_eq!(store.load().map(|p| p.generation), Some(2));
+    }
+
+    #[test]
+    fn refusals_are_recorded_and_waiting_is_news_once() {
+        let store = Store::new("t");
+        assert!(store.waiting(Reason::MissingFile, "no tls.crt".into()));
+        assert!(!store.waiting(Reason::MissingFile, "no tls.crt".into()));
+        assert!(store.waiting(Reason::MissingFile, "no tls.key".into()));
+        store.refuse(Refusal::Internal, "bug".into());
+        let e = store.last_error().expect("recorded");
+        assert_eq!(e.reason.as_str(), "internal");
+        store.clear_error();
+        assert!(store.last_error().is_none());
+        assert!(store.load().is_none(), "refusals never serve anything");
+    }
+}

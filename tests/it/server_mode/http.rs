@@ -271,6 +271,18 @@ fn allow_dns_matches_a_dns_san_of_the_client() {
 }
 
 #[test]
+fn allow_dns_follows_the_one_dns_rule() {
+    // The rule of --expect-dns and --verify-dns: case, a trailing dot, a one-label wildcard SAN.
+    let (env, _upstream, sc) = proxy(&["--allow-dns", "Web-App.production.svc."]);
+    let exact = TestPki::client_spec().dns(&["web-app.production.svc"]);
+    assert_eq!(status_for(&env, &sc, &exact), 200);
+    let wildcard = TestPki::client_spec().dns(&["*.production.svc"]);
+    assert_eq!(status_for(&env, &sc, &wildcard), 200);
+    let too_deep = TestPki::client_spec().dns(&["*.svc"]);
+    assert_eq!(status_for(&env, &sc, &too_deep), 403);
+}
+
+#[test]
 fn allow_uri_single_segment_wildcard_matches_one_segment() {
     let (env, _upstream, sc) = proxy(&["--allow-uri", "spiffe://cluster.local/ns/production/sa/*"]);
     let with_uri = |uri: &str| TestPki::client_spec().uris(&[uri]);
