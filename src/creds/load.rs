@@ -76,8 +76,8 @@ pub struct RawBundle {
 }
 
 impl RawBundle {
-    /// The generation directory each file was read through, by user-visible path.
-    pub fn generations(&self) -> Vec<(PathBuf, Option<PathBuf>)> {
+    /// Every file of the set, in a fixed order.
+    pub fn files(&self) -> impl Iterator<Item = &RawFile> {
         [
             Some(&self.cert),
             Some(&self.key),
@@ -86,22 +86,19 @@ impl RawBundle {
         ]
         .into_iter()
         .flatten()
-        .map(|f| (f.path.clone(), f.generation.clone()))
-        .collect()
+    }
+
+    /// The generation directory each file was read through, by user-visible path.
+    pub fn generations(&self) -> Vec<(PathBuf, Option<PathBuf>)> {
+        self.files()
+            .map(|f| (f.path.clone(), f.generation.clone()))
+            .collect()
     }
 
     /// One hash over every file, so "nothing changed" is a single comparison.
     pub fn content_hash(&self) -> [u8; 32] {
         let mut h = Sha256::new();
-        for f in [
-            Some(&self.cert),
-            Some(&self.key),
-            Some(&self.ca),
-            self.peer_ca.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for f in self.files() {
             h.update(f.sha256);
         }
         h.finalize().into()
