@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -34,13 +34,62 @@ pub enum Listen {
     On(SocketAddr),
 }
 
-/// What the endpoint reports on.
+/// What the endpoint reports on. The sets and listeners change when a new configuration is
+/// applied; the lock is taken on the admin path only.
 pub struct AdminState {
-    pub stores: Vec<Arc<Store>>,
     pub metrics: Arc<Metrics>,
-    pub listeners: Vec<Arc<ListenerStats>>,
     /// Set when shutdown starts: not ready while draining.
-    pub draining: Arc<AtomicBool>,
+    pub draining: AtomicBool,
+    parts: RwLock<Parts>,
+    config: Mutex<Option<ConfigStatus>>,
+}
+
+#[derive(Default, Clone)]
+struct Parts {
+    stores: Vec<Arc<Store>>,
+    listeners: Vec<Arc<ListenerStats>>,
+}
+
+/// The configuration file of `run --config`, as `/status` shows it.
+#[derive(Clone, Debug)]
+pub struct ConfigStatus {
+    pub path: std::path::PathBuf,
+    /// 1 for the configuration started with, +1 per applied change.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    /// Why the most recent change was refused (every mistake, one per line), and when.
+    pub last_error: Option<(String, SystemTime)>,
+}
+
+impl AdminState {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(AdminState {
+            metrics,
+            draining: AtomicBool::new(false),
+            parts: RwLock::new(Parts::default()),
+            config: Mutex::new(None),
+        })
+    }
+
+    /// What is reported from now on.
+    pub fn set_parts(&self, stores: Vec<Arc<Store>>, listeners: Vec<Arc<ListenerStats>>) {
+        *self.parts.write().unwrap_or_else(|e| e.into_inner()) = Parts { stores, listeners };
+    }
+
+    fn parts(&self) -> Parts {
+        self.parts.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_config(&self, status: ConfigStatus) {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+
+    pub fn config(&self) -> Option<ConfigStatus> {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Probe connections the kernel holds while the accept loop catches up with a flood (the
@@ -221,7 +270,8 @@ pub fn not_ready(state: &AdminState) -> Option<String> {
         return Some("shutting down: draining open connections".into());
     }
     let now = OffsetDateTime::now_utc();
-    let reasons: Vec<String> = state
+    let parts = state.parts();
+    let reasons: Vec<String> = parts
         .stores
         .iter()
         .filter_map(|s| match s.load() {
@@ -246,7 +296,7 @@ pub fn not_ready(state: &AdminState) -> Option<String> {
         return Some(reasons.join("; "));
     }
     // Credentials are published; the listeners serve them a moment later.
-    let waiting: Vec<String> = state
+    let waiting: Vec<String> = parts
         .listeners
         .iter()
         .filter(|l| !l.is_serving())
@@ -257,13 +307,23 @@ pub fn not_ready(state: &AdminState) -> Option<String> {
 
 /// The `/status` document (SPEC shape; more fields may be added).
 pub fn status(state: &AdminState) -> Value {
-    let sets: Vec<Value> = state.stores.iter().map(|s| set_status(s)).collect();
-    let listeners: Vec<Value> = state
+    let parts = state.parts();
+    let sets: Vec<Value> = parts.stores.iter().map(|s| set_status(s)).collect();
+    let listeners: Vec<Value> = parts
         .listeners
         .iter()
         .map(|l| json!({ "name": l.name, "address": l.address.to_string(), "active_connections": l.active_connections() }))
         .collect();
-    json!({ "sets": sets, "listeners": listeners })
+    let mut doc = json!({ "sets": sets, "listeners": listeners });
+    if let Some(c) = state.config() {
+        doc["config"] = json!({
+            "path": c.path.display().to_string(),
+            "generation": c.generation,
+            "loaded_at": time_str(c.loaded_at),
+            "last_error": c.last_error.map(|(message, at)| json!({ "message": message, "at": time_str(at) })),
+        });
+    }
+    doc
 }
 
 fn set_status(s: &Store) -> Value {

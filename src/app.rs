@@ -1,32 +1,40 @@
-//! Wiring: builds the stages of a long-running subcommand (store, watcher, reload task, then
-//! actions for `watch` or a TLS listener for `server`/`client`, and the admin endpoint), owns their tasks,
-//! and shuts them down on SIGTERM/SIGINT. Signal handlers are installed before anything else
-//! (see [`crate::signals`]): SIGHUP asks the reload task for a re-read, a SIGTERM that arrives
-//! during start-up drains like a later one. The only module that knows every stage.
+//! Wiring: runs a checked [`Config`] (one or several credential sets, `server` and `client`
+//! listeners, watch actions) in one process with one metrics registry, one admin endpoint and
+//! one shutdown. `server`, `client` and `watch` run a one-set configuration made from their
+//! flags; `run --config` one from a file, which is read again on SIGHUP and when its directory
+//! changes (a ConfigMap's `..data` swap): a new configuration is checked and applied part by
+//! part (what did not change keeps running, open connections included), a broken one is
+//! refused and the running one stays. Signal handlers are installed before anything else (see
+//! [`crate::signals`]). The only module that knows every stage.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::actions::{self, Action};
-use crate::admin::{self, AdminState, Listen};
+use crate::actions;
+use crate::admin::{self, AdminState, ConfigStatus, Listen};
+use crate::config::model::{ListenerPlan, Role, SetPlan, WatchPlan};
+use crate::config::{self, Config, RawConfig};
 use crate::creds::store::Store;
+use crate::events;
+use crate::limits;
 use crate::metrics::Metrics;
 use crate::proxy::handshake::HandshakeFailure;
-use crate::proxy::inbound::{Allow, Inbound};
-use crate::proxy::listener::{self, Handler, Shared};
-use crate::proxy::outbound::{Outbound, Remote};
-use crate::proxy::{ListenerConfig, ListenerStats};
+use crate::proxy::inbound::Inbound;
+use crate::proxy::listener::{self, Handler, ListenerStats, Shared};
+use crate::proxy::outbound::Outbound;
 use crate::reload::{self, SetConfig};
 use crate::signals::{Received, Signals};
-use crate::tls::Pins;
 use crate::watch::{self, Trigger, WatchConfig};
 
 /// An address that could not be bound at start-up.
@@ -45,287 +53,545 @@ pub enum BindError {
     },
 }
 
-/// How credentials are watched, for every long-running subcommand.
-#[derive(Clone, Debug)]
-pub struct CorePlan {
-    pub set: SetConfig,
-    pub poll_interval: Duration,
-    pub debounce: Duration,
-    pub admin: Listen,
+/// The file a configuration came from, for `run --config` (read again when it changes).
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub raw: RawConfig,
 }
 
-/// A checked `watch` invocation.
-#[derive(Debug)]
-pub struct WatchPlan {
-    pub core: CorePlan,
-    pub actions: Vec<Action>,
-    pub pacing: actions::Pacing,
+/// How a task ended: on purpose (its token was cancelled) or not (a bug: the process exits
+/// so the container is restarted).
+struct Ended {
+    name: String,
+    expected: bool,
 }
 
-/// A checked `server` invocation.
-#[derive(Debug)]
-pub struct ServerPlan {
-    pub core: CorePlan,
-    pub listener: ListenerConfig,
-    pub allow: Allow,
-    pub shutdown_grace: Duration,
-}
-
-/// A checked `client` invocation.
-#[derive(Debug)]
-pub struct ClientPlan {
-    pub core: CorePlan,
-    pub listener: ListenerConfig,
-    pub remote: Remote,
-    pub pins: Pins,
-    pub shutdown_grace: Duration,
-}
-
-/// The running credential pipeline of one set.
-struct Core {
-    cancel: CancellationToken,
-    /// Cancelled by SIGTERM/SIGINT.
-    shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
-    store: Arc<Store>,
-    /// Set when the drain starts; `/readyz` reads it.
-    draining: Arc<AtomicBool>,
-    tasks: JoinSet<()>,
-}
-
-fn start_core(plan: &CorePlan, signals: Signals) -> Core {
-    let cancel = CancellationToken::new();
-    let shutdown = CancellationToken::new();
+/// Runs `config` until SIGTERM or SIGINT, then drains; Ok means a clean shutdown (exit 0).
+pub async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Result<()> {
+    let mut signals = Signals::install().context("installing the signal handlers")?;
     let metrics = Arc::new(Metrics::new());
-    let store = Store::new(plan.set.name.clone());
-    // Every series of the set at zero, so rate() and increase() work from the start.
-    metrics.init_set(&plan.set.name);
-    let mut tasks = JoinSet::new();
-    let (tx, rx) = mpsc::channel(1);
-    tasks.spawn(handle_signals(
-        signals,
-        vec![tx.clone()],
-        shutdown.clone(),
-        cancel.clone(),
-    ));
-    let watch_cfg = WatchConfig {
-        dirs: watched_dirs(&plan.set),
-        debounce: plan.debounce,
-        poll: (!plan.poll_interval.is_zero()).then_some(plan.poll_interval),
-    };
-    tasks.spawn(watch::run(watch_cfg, tx, cancel.clone()));
-    tasks.spawn(reload::run(
-        plan.set.clone(),
-        store.clone(),
-        metrics.clone(),
-        rx,
-        cancel.clone(),
-    ));
-    Core {
-        cancel,
-        shutdown,
+    let admin_state = AdminState::new(metrics.clone());
+    let mut rt = Runtime {
         metrics,
-        store,
-        draining: Arc::new(AtomicBool::new(false)),
-        tasks,
-    }
-}
-
-impl Core {
-    async fn start_admin(
-        &mut self,
-        addr: Listen,
-        listeners: Vec<Arc<ListenerStats>>,
-    ) -> anyhow::Result<()> {
-        let Listen::On(addr) = addr else {
-            return Ok(());
-        };
+        admin: admin_state.clone(),
+        tasks: JoinSet::new(),
+        drains: TaskTracker::new(),
+        cancel: CancellationToken::new(),
+        sets: BTreeMap::new(),
+        listeners: BTreeMap::new(),
+        watches: Vec::new(),
+        grace: config.shutdown_grace,
+        admin_listen: config.admin,
+    };
+    let admin_addr = config.admin;
+    rt.apply(config, true).await?;
+    if let Listen::On(addr) = admin_addr {
         let socket = admin::bind(addr)
             .await
             .map_err(|source| BindError::Admin { addr, source })?;
-        let state = Arc::new(AdminState {
-            stores: vec![self.store.clone()],
-            metrics: self.metrics.clone(),
-            listeners,
-            draining: self.draining.clone(),
+        rt.spawn(
+            "admin",
+            admin::serve(socket, admin_state, rt.cancel.clone()),
+        );
+    }
+    // `run --config`: the file's directory is watched like a credential volume.
+    let (config_tx, mut config_rx) = mpsc::channel(1);
+    let mut current = file;
+    if let Some(f) = &current {
+        rt.metrics.init_config();
+        rt.admin.set_config(ConfigStatus {
+            path: f.path.clone(),
+            generation: 1,
+            loaded_at: SystemTime::now(),
+            last_error: None,
         });
-        self.tasks
-            .spawn(admin::serve(socket, state, self.cancel.clone()));
+        let watch_cfg = WatchConfig {
+            dirs: vec![parent_dir(&f.path)],
+            debounce: Duration::from_millis(100),
+            poll: None,
+        };
+        rt.spawn(
+            "config watcher",
+            watch::run(watch_cfg, config_tx, rt.cancel.clone()),
+        );
+    }
+    loop {
+        tokio::select! {
+            received = signals.next() => match received {
+                Received::Shutdown(s) => {
+                    info!(signal = %s, "signal received; shutting down");
+                    break;
+                }
+                Received::Reload(s) => {
+                    info!(signal = %s, "signal received; re-reading the credentials");
+                    rt.trigger_all();
+                    if let Some(f) = &mut current {
+                        rt.reload_config(f).await;
+                    }
+                }
+                Received::Ignored(s) => {
+                    warn!(signal = %s, "signal ignored (SIGTERM or SIGINT stop, SIGHUP re-reads the credentials)")
+                }
+            },
+            Some(_) = config_rx.recv() => {
+                if let Some(f) = &mut current {
+                    rt.reload_config(f).await;
+                }
+            }
+            Some(ended) = rt.tasks.join_next() => match ended {
+                Ok(Ended { expected: true, .. }) => {}
+                Ok(Ended { name, .. }) => {
+                    rt.cancel.cancel();
+                    anyhow::bail!("internal task {name} stopped unexpectedly; exiting so the container is restarted");
+                }
+                Err(e) => {
+                    rt.cancel.cancel();
+                    anyhow::bail!("an internal task failed ({e}); exiting so the container is restarted");
+                }
+            },
+        }
+    }
+    rt.shutdown().await;
+    Ok(())
+}
+
+/// Everything that runs.
+struct Runtime {
+    metrics: Arc<Metrics>,
+    admin: Arc<AdminState>,
+    tasks: JoinSet<Ended>,
+    /// Listeners removed by a configuration change, finishing their open connections.
+    drains: TaskTracker,
+    /// Cancels every task.
+    cancel: CancellationToken,
+    sets: BTreeMap<String, SetRun>,
+    listeners: BTreeMap<String, ListenerRun>,
+    watches: Vec<WatchRun>,
+    grace: Duration,
+    admin_listen: Listen,
+}
+
+struct SetRun {
+    fingerprint: String,
+    store: Arc<Store>,
+    trigger: mpsc::Sender<Trigger>,
+    cancel: CancellationToken,
+}
+
+struct ListenerRun {
+    fingerprint: String,
+    stats: Arc<ListenerStats>,
+    /// Stops accepting.
+    stop: CancellationToken,
+    /// Cancelled once the listening socket is closed.
+    closed: CancellationToken,
+    /// Stops the task that follows the store.
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+struct WatchRun {
+    fingerprint: String,
+    cancel: CancellationToken,
+}
+
+impl Runtime {
+    fn spawn(&mut self, name: &str, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.spawn_with(name, self.cancel.clone(), fut);
+    }
+
+    /// Spawns `fut`; it may end only once `cancel` is cancelled.
+    fn spawn_with(
+        &mut self,
+        name: &str,
+        cancel: CancellationToken,
+        fut: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let name = name.to_string();
+        self.tasks.spawn(async move {
+            fut.await;
+            Ended {
+                name,
+                expected: cancel.is_cancelled(),
+            }
+        });
+    }
+
+    /// Makes the running parts those of `config`: unchanged parts keep running, changed or
+    /// removed ones stop (a listener finishes its open connections), new ones start. At start-up
+    /// (`initial`) a listener that cannot bind is an error; later it is logged and skipped.
+    async fn apply(&mut self, config: Config, initial: bool) -> anyhow::Result<()> {
+        if !initial && config.admin != self.admin_listen {
+            warn!("the admin endpoint's address changed in the configuration; it applies after a restart");
+        }
+        self.grace = config.shutdown_grace;
+        // Sets: keep the unchanged, stop the rest, start the new.
+        let wanted: BTreeMap<&str, &SetPlan> = config
+            .sets
+            .iter()
+            .map(|s| (s.set.name.as_str(), s))
+            .collect();
+        let stale: Vec<String> = self
+            .sets
+            .iter()
+            .filter(|(name, run)| {
+                wanted
+                    .get(name.as_str())
+                    .is_none_or(|p| p.fingerprint != run.fingerprint)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(run) = self.sets.remove(&name) {
+                info!(set = %name, "credential set stopped (changed or removed)");
+                run.cancel.cancel();
+            }
+        }
+        for plan in &config.sets {
+            if !self.sets.contains_key(&plan.set.name) {
+                self.start_set(plan);
+            }
+        }
+        // Listeners: stop the changed and removed first, so their addresses are free again.
+        let wanted: BTreeMap<&str, &ListenerPlan> = config
+            .listeners
+            .iter()
+            .map(|l| (l.cfg.name.as_str(), l))
+            .collect();
+        let stale: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|(name, run)| {
+                wanted
+                    .get(name.as_str())
+                    .is_none_or(|p| p.fingerprint != run.fingerprint)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(run) = self.listeners.remove(&name) {
+                info!(listener = %name, "listener stopped (changed or removed); its open connections finish");
+                self.drain(run).await;
+            }
+        }
+        for plan in config.listeners {
+            if self.listeners.contains_key(&plan.cfg.name) {
+                continue;
+            }
+            let Some(store) = self.sets.get(&plan.set).map(|s| s.store.clone()) else {
+                continue;
+            };
+            match self.start_listener(plan, store).await {
+                Ok(()) => {}
+                Err(e) if initial => return Err(e.into()),
+                Err(e) => error!(error = %e, "listener not started"),
+            }
+        }
+        // Watches: as a multiset of fingerprints.
+        let mut wanted: Vec<WatchPlan> = config.watches;
+        let mut kept = Vec::new();
+        for run in std::mem::take(&mut self.watches) {
+            match wanted.iter().position(|w| w.fingerprint == run.fingerprint) {
+                Some(i) => {
+                    wanted.remove(i);
+                    kept.push(run);
+                }
+                None => run.cancel.cancel(),
+            }
+        }
+        self.watches = kept;
+        for plan in wanted {
+            let Some(store) = self.sets.get(&plan.set).map(|s| s.store.clone()) else {
+                continue;
+            };
+            // A watch started by a change begins after what is served: the app has that.
+            let acted = if initial {
+                0
+            } else {
+                store.load().map_or(0, |p| p.generation)
+            };
+            let cancel = self.cancel.child_token();
+            self.spawn_with(
+                "watch actions",
+                cancel.clone(),
+                actions::run(
+                    store,
+                    plan.actions,
+                    plan.pacing,
+                    self.metrics.clone(),
+                    acted,
+                    cancel.clone(),
+                ),
+            );
+            self.watches.push(WatchRun {
+                fingerprint: plan.fingerprint,
+                cancel,
+            });
+        }
+        self.admin.set_parts(
+            self.sets.values().map(|s| s.store.clone()).collect(),
+            self.listeners.values().map(|l| l.stats.clone()).collect(),
+        );
         Ok(())
     }
 
-    /// Until SIGTERM/SIGINT (Ok), or until a pipeline task ends on its own (Err: nothing would
-    /// reload any more, so exit non-zero and let Kubernetes restart the container).
-    async fn wait_for_shutdown(&mut self) -> anyhow::Result<()> {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => {
-                // Not ready from now on, while open connections drain.
-                self.draining.store(true, Ordering::Relaxed);
-                Ok(())
+    fn start_set(&mut self, plan: &SetPlan) {
+        let name = plan.set.name.clone();
+        let store = Store::new(name.clone());
+        // Every series of the set at zero, so rate() and increase() work from the start.
+        self.metrics.init_set(&name);
+        let cancel = self.cancel.child_token();
+        let (tx, rx) = mpsc::channel(1);
+        let watch_cfg = WatchConfig {
+            dirs: watched_dirs(&plan.set),
+            debounce: plan.debounce,
+            poll: plan.poll_interval,
+        };
+        self.spawn_with(
+            "credential watcher",
+            cancel.clone(),
+            watch::run(watch_cfg, tx.clone(), cancel.clone()),
+        );
+        self.spawn_with(
+            "credential reload",
+            cancel.clone(),
+            reload::run(
+                plan.set.clone(),
+                store.clone(),
+                self.metrics.clone(),
+                rx,
+                cancel.clone(),
+            ),
+        );
+        self.sets.insert(
+            name,
+            SetRun {
+                fingerprint: plan.fingerprint.clone(),
+                store,
+                trigger: tx,
+                cancel,
+            },
+        );
+    }
+
+    async fn start_listener(
+        &mut self,
+        plan: ListenerPlan,
+        store: Arc<Store>,
+    ) -> Result<(), BindError> {
+        let cfg = plan.cfg;
+        let (socket, address) =
+            listener::bind(&cfg)
+                .await
+                .map_err(|source| BindError::Listener {
+                    name: cfg.name.clone(),
+                    addr: cfg.listen,
+                    source,
+                })?;
+        let name = cfg.name.clone();
+        let (stop, closed, cancel) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            self.cancel.child_token(),
+        );
+        let tracker = TaskTracker::new();
+        let stats;
+        match plan.role {
+            Role::Server { allow } => {
+                let shared = Shared::new(
+                    cfg,
+                    self.metrics.clone(),
+                    address,
+                    HandshakeFailure::INBOUND,
+                );
+                stats = shared.stats.clone();
+                let handler = Inbound::new(shared, allow);
+                self.spawn_with(
+                    "tls config",
+                    cancel.clone(),
+                    handler.follow(store, cancel.clone()),
+                );
+                self.serve(handler, socket, &stop, &closed, &tracker);
             }
-            Some(ended) = self.tasks.join_next() => {
-                self.cancel.cancel();
-                Err(anyhow::anyhow!("an internal task stopped unexpectedly ({ended:?}); exiting so the container is restarted"))
+            Role::Client { remote, pins } => {
+                let shared = Shared::new(
+                    cfg,
+                    self.metrics.clone(),
+                    address,
+                    HandshakeFailure::OUTBOUND,
+                );
+                stats = shared.stats.clone();
+                let handler = Outbound::new(shared, remote, pins);
+                self.spawn_with(
+                    "tls config",
+                    cancel.clone(),
+                    handler.follow(store, cancel.clone()),
+                );
+                self.serve(handler, socket, &stop, &closed, &tracker);
             }
+        }
+        self.listeners.insert(
+            name,
+            ListenerRun {
+                fingerprint: plan.fingerprint,
+                stats,
+                stop,
+                closed,
+                cancel,
+                tracker,
+            },
+        );
+        Ok(())
+    }
+
+    fn serve<H: Handler>(
+        &mut self,
+        handler: H,
+        socket: tokio::net::TcpListener,
+        stop: &CancellationToken,
+        closed: &CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let (stop, closed, tracker) = (stop.clone(), closed.clone(), tracker.clone());
+        let accept = listener::serve(socket, Arc::new(handler), stop.clone(), tracker);
+        self.spawn_with("accept loop", stop, async move {
+            accept.await;
+            closed.cancel();
+        });
+    }
+
+    /// Stops a listener: its socket closes now; its open connections get up to the grace
+    /// period (in the background), then its other tasks stop.
+    async fn drain(&mut self, run: ListenerRun) {
+        run.stop.cancel();
+        run.closed.cancelled().await;
+        run.tracker.close();
+        let grace = self.grace;
+        self.drains.spawn(async move {
+            let _ = tokio::time::timeout(grace, run.tracker.wait()).await;
+            run.cancel.cancel();
+        });
+    }
+
+    /// SIGHUP: every set reads its files again now.
+    fn trigger_all(&self) {
+        for set in self.sets.values() {
+            // A full channel means a reload is already pending: that one reads anew.
+            let _ = set.trigger.try_send(Trigger::Signal);
         }
     }
 
-    async fn stop(mut self) {
+    /// Reads `file` again; applies it if it changed and is valid, else keeps the running one.
+    async fn reload_config(&mut self, file: &mut ConfigFile) {
+        let refuse = |rt: &Runtime, message: String| {
+            events::config_refused(&rt.metrics, &file.path, &message);
+            if let Some(mut status) = rt.admin.config() {
+                status.last_error = Some((message, SystemTime::now()));
+                rt.admin.set_config(status);
+            }
+        };
+        let (raw, mut config) = match config::load(&file.path) {
+            Ok(loaded) => loaded,
+            Err(e) => return refuse(self, e.to_string()),
+        };
+        if raw == file.raw {
+            events::config_unchanged(&self.metrics, &file.path);
+            // Back to what runs (e.g. a broken edit reverted): nothing is wrong any more.
+            if let Some(mut status) = self.admin.config().filter(|s| s.last_error.is_some()) {
+                status.last_error = None;
+                self.admin.set_config(status);
+            }
+            return;
+        }
+        match limits::raise_nofile().map(|n| limits::fit_config(&mut config, n)) {
+            Ok(Err(e)) => return refuse(self, e.to_string()),
+            Ok(Ok(fitted)) => report_fitted(&fitted),
+            Err(_) => {}
+        }
+        if let Err(e) = self.apply(config, false).await {
+            return refuse(self, format!("{e:#}"));
+        }
+        file.raw = raw;
+        let generation = self.admin.config().map_or(1, |c| c.generation) + 1;
+        self.admin.set_config(ConfigStatus {
+            path: file.path.clone(),
+            generation,
+            loaded_at: SystemTime::now(),
+            last_error: None,
+        });
+        events::config_applied(&self.metrics, &file.path, generation, &digest(&file.raw));
+    }
+
+    /// SIGTERM: not ready, stop accepting everywhere, let open connections finish for up to
+    /// the grace period, then stop everything.
+    async fn shutdown(mut self) {
+        self.admin.draining.store(true, Ordering::Relaxed);
+        info!(grace = ?self.grace, "shutting down: no new connections, draining open ones");
+        for run in self.listeners.values() {
+            run.stop.cancel();
+        }
+        let mut open = 0;
+        for run in self.listeners.values() {
+            run.closed.cancelled().await;
+            run.tracker.close();
+        }
+        let deadline = tokio::time::Instant::now() + self.grace;
+        for run in self.listeners.values() {
+            if tokio::time::timeout_at(deadline, run.tracker.wait())
+                .await
+                .is_err()
+            {
+                open += run.tracker.len();
+            }
+        }
+        self.drains.close();
+        let _ = tokio::time::timeout_at(deadline, self.drains.wait()).await;
+        if open > 0 {
+            warn!(
+                open,
+                "shutdown grace period over; closing the remaining connections"
+            );
+        }
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
 }
 
-/// Runs `watch` until SIGTERM or SIGINT; Ok means a clean shutdown (exit 0).
-pub async fn run_watch(plan: WatchPlan) -> anyhow::Result<()> {
-    let signals = install_signals()?;
-    let mut core = start_core(&plan.core, signals);
-    core.start_admin(plan.core.admin, Vec::new()).await?;
-    core.tasks.spawn(actions::run(
-        core.store.clone(),
-        plan.actions,
-        plan.pacing,
-        core.metrics.clone(),
-        core.cancel.clone(),
-    ));
-    core.wait_for_shutdown().await?;
-    info!("shutting down");
-    core.stop().await;
-    Ok(())
-}
-
-/// Runs `server` until SIGTERM or SIGINT, then drains for up to the grace period.
-pub async fn run_server(plan: ServerPlan) -> anyhow::Result<()> {
-    let signals = install_signals()?;
-    let reasons = HandshakeFailure::INBOUND;
-    let (socket, mut core, shared) =
-        start_listener(plan.listener, &plan.core, signals, reasons).await?;
-    let handler = Inbound::new(shared, plan.allow);
-    core.tasks
-        .spawn(handler.follow(core.store.clone(), core.cancel.clone()));
-    serve_until_shutdown(socket, core, handler, plan.shutdown_grace).await
-}
-
-/// Runs `client` until SIGTERM or SIGINT, then drains for up to the grace period.
-pub async fn run_client(plan: ClientPlan) -> anyhow::Result<()> {
-    let signals = install_signals()?;
-    let reasons = HandshakeFailure::OUTBOUND;
-    let (socket, mut core, shared) =
-        start_listener(plan.listener, &plan.core, signals, reasons).await?;
-    let handler = Outbound::new(shared, plan.remote, plan.pins);
-    core.tasks
-        .spawn(handler.follow(core.store.clone(), core.cancel.clone()));
-    serve_until_shutdown(socket, core, handler, plan.shutdown_grace).await
-}
-
-/// Binds the listener (first, so a taken port fails fast), starts the credential pipeline and
-/// the admin endpoint, and returns what the connections of this listener share.
-async fn start_listener(
-    cfg: ListenerConfig,
-    plan: &CorePlan,
-    signals: Signals,
-    reasons: &[HandshakeFailure],
-) -> anyhow::Result<(tokio::net::TcpListener, Core, Shared)> {
-    let (socket, address) = listener::bind(&cfg)
-        .await
-        .map_err(|source| BindError::Listener {
-            name: cfg.name.clone(),
-            addr: cfg.listen,
-            source,
-        })?;
-    let mut core = start_core(plan, signals);
-    let shared = Shared::new(cfg, core.metrics.clone(), address, reasons);
-    core.start_admin(plan.admin, vec![shared.stats.clone()])
-        .await?;
-    Ok((socket, core, shared))
-}
-
-/// Accepts connections until SIGTERM/SIGINT, then stops accepting and lets open connections
-/// finish for up to `grace`.
-async fn serve_until_shutdown<H: Handler>(
-    socket: tokio::net::TcpListener,
-    mut core: Core,
-    handler: H,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let accept = tokio::spawn(listener::serve(
-        socket,
-        Arc::new(handler),
-        shutdown.clone(),
-        tracker.clone(),
-    ));
-    core.wait_for_shutdown().await?;
-    info!(grace = ?grace, "shutting down: no new connections, draining open ones");
-    shutdown.cancel();
-    let _ = accept.await;
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+/// Logs what fitting the connection limits to the open-file limit changed.
+pub fn report_fitted(fitted: &limits::Fitted) {
+    for (name, l, nofile) in &fitted.lowered {
         warn!(
-            open = tracker.len(),
-            "shutdown grace period over; closing the remaining connections"
+            listener = %name,
+            nofile,
+            max_connections = l.max_connections,
+            max_upstream_connections = l.max_upstream_connections,
+            "the open-file limit (RLIMIT_NOFILE) is too low for the default connection limits; using lower limits (raise the container's nofile limit to keep the defaults)"
         );
     }
-    core.stop().await;
-    Ok(())
+}
+
+/// A short digest of a configuration, for the log line of an applied change.
+fn digest(raw: &RawConfig) -> String {
+    let text = serde_json::to_string(raw).unwrap_or_default();
+    hex::encode(&Sha256::digest(text.as_bytes())[..8])
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => ".".into(),
+    }
 }
 
 /// Parent directories of every file of the set, each once.
-fn watched_dirs(set: &SetConfig) -> Vec<std::path::PathBuf> {
+fn watched_dirs(set: &SetConfig) -> Vec<PathBuf> {
     let mut dirs: Vec<_> = set
         .paths
         .files()
-        .filter_map(|(_, p)| {
-            p.parent().map(|d| {
-                if d.as_os_str().is_empty() {
-                    ".".into()
-                } else {
-                    d.to_path_buf()
-                }
-            })
-        })
+        .filter_map(|(_, p)| p.parent().map(|_| parent_dir(p)))
         .collect();
     dirs.sort();
     dirs.dedup();
     dirs
-}
-
-fn install_signals() -> anyhow::Result<Signals> {
-    Signals::install().context("installing the signal handlers")
-}
-
-/// Acts on signals until `cancel`: the first SIGTERM/SIGINT cancels `shutdown`, SIGHUP asks
-/// every set's reload task for a re-read, the others are logged and ignored.
-async fn handle_signals(
-    mut signals: Signals,
-    reloads: Vec<mpsc::Sender<Trigger>>,
-    shutdown: CancellationToken,
-    cancel: CancellationToken,
-) {
-    loop {
-        let received = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = signals.next() => r,
-        };
-        match received {
-            Received::Shutdown(s) if shutdown.is_cancelled() => {
-                info!(signal = %s, "signal received; already shutting down")
-            }
-            Received::Shutdown(s) => {
-                info!(signal = %s, "signal received; shutting down");
-                shutdown.cancel();
-            }
-            Received::Reload(s) => {
-                info!(signal = %s, "signal received; re-reading the credentials");
-                for tx in &reloads {
-                    // A full channel means a reload is already pending: that one reads anew.
-                    let _ = tx.try_send(Trigger::Signal);
-                }
-            }
-            Received::Ignored(s) => {
-                warn!(signal = %s, "signal ignored (SIGTERM or SIGINT stop, SIGHUP re-reads the credentials)")
-            }
-        }
-    }
 }

@@ -9,7 +9,8 @@ use tracing::{debug, error, info, warn};
 use crate::creds::store::Published;
 use crate::creds::validate::{rfc3339, CertFacts};
 use crate::metrics::{
-    ActionLabels, InfoLabels, Metrics, SetLabels, SetReasonLabels, SetResultLabels, SetRoleLabels,
+    ActionLabels, InfoLabels, Metrics, ResultLabels, SetLabels, SetReasonLabels, SetResultLabels,
+    SetRoleLabels,
 };
 use crate::reason::Reason;
 
@@ -133,6 +134,32 @@ pub(crate) fn reload_waiting(set: &str, reason: Reason, message: &str) {
         error = message,
         "waiting for credentials to appear"
     );
+}
+
+/// A changed `run --config` file was checked and applied.
+pub(crate) fn config_applied(m: &Metrics, path: &std::path::Path, generation: u64, digest: &str) {
+    info!(path = %path.display(), generation, digest, result = "success", "configuration applied");
+    m.config_reloads
+        .get_or_create(&ResultLabels { result: "success" })
+        .inc();
+}
+
+/// A changed `run --config` file was refused; the running configuration stays.
+pub(crate) fn config_refused(m: &Metrics, path: &std::path::Path, message: &str) {
+    error!(path = %path.display(), result = "failure", error = message, "configuration refused; keeping the running one");
+    m.config_reloads
+        .get_or_create(&ResultLabels { result: "failure" })
+        .inc();
+}
+
+/// The `run --config` file was read again and has not changed.
+pub(crate) fn config_unchanged(m: &Metrics, path: &std::path::Path) {
+    debug!(path = %path.display(), result = "unchanged", "configuration unchanged");
+    m.config_reloads
+        .get_or_create(&ResultLabels {
+            result: "unchanged",
+        })
+        .inc();
 }
 
 /// An action ran after a publish: `Ok(detail)`, or `Err((reason, error))`.

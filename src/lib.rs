@@ -35,6 +35,7 @@ pub mod app;
 pub mod atomic_dir;
 pub mod check;
 pub mod cli;
+pub mod config;
 pub mod creds;
 pub mod demo;
 pub mod events;

@@ -79,6 +79,60 @@ pub fn fit(protocol: Protocol, limits: ConnLimits, chosen: bool, admin: u64, nof
     Fit::Lowered(lowered)
 }
 
+/// What fitting a whole configuration did.
+#[derive(Debug, Default)]
+pub struct Fitted {
+    /// Listeners whose default limits were lowered: (name, new limits, open-file limit).
+    pub lowered: Vec<(String, ConnLimits, u64)>,
+}
+
+/// A listener that does not fit: its name, and what it needs and may have.
+#[derive(Debug, thiserror::Error)]
+#[error("listener {name:?}: its connection limits need about {needed} file descriptors, but this process may open only {available} (RLIMIT_NOFILE, already raised to its hard limit): raise the container's nofile limit (ulimit -n), or lower its limits")]
+pub struct TooSmall {
+    pub name: String,
+    pub needed: u64,
+    pub available: u64,
+}
+
+/// Fits every listener of `config` into `nofile` descriptors, each getting an equal share of
+/// what the admin endpoint and the reserve leave; lowers defaults (in place), refuses limits
+/// that were chosen.
+pub fn fit_config(config: &mut crate::config::Config, nofile: u64) -> Result<Fitted, TooSmall> {
+    let admin = match config.admin {
+        crate::admin::Listen::On(_) => crate::admin::MAX_ADMIN_CONNECTIONS as u64,
+        crate::admin::Listen::Off => 0,
+    };
+    let n = config.listeners.len().max(1) as u64;
+    let share = RESERVED_FDS + nofile.saturating_sub(admin + RESERVED_FDS) / n;
+    let mut fitted = Fitted::default();
+    for l in &mut config.listeners {
+        let limits = ConnLimits {
+            max_connections: l.cfg.max_connections,
+            max_upstream_connections: l.cfg.max_upstream_connections,
+        };
+        let protocol = l.cfg.protocol;
+        // A single listener keeps the whole budget, admin included, as before.
+        let (budget, admin_here) = if n == 1 { (nofile, admin) } else { (share, 0) };
+        match fit(protocol, limits, l.limits_chosen, admin_here, budget) {
+            Fit::Fits => {}
+            Fit::Lowered(new) => {
+                l.cfg.max_connections = new.max_connections;
+                l.cfg.max_upstream_connections = new.max_upstream_connections;
+                fitted.lowered.push((l.cfg.name.clone(), new, nofile));
+            }
+            Fit::TooSmall { needed, available } => {
+                return Err(TooSmall {
+                    name: l.cfg.name.clone(),
+                    needed,
+                    available,
+                })
+            }
+        }
+    }
+    Ok(fitted)
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in effect.
 pub fn raise_nofile() -> nix::Result<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};

@@ -37,6 +37,11 @@ pub struct SetResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SetReasonLabels {
     pub set: String,
     pub reason: &'static str,
@@ -109,6 +114,7 @@ pub struct Metrics {
     pub upstream_active: Family<ListenerLabels, Gauge>,
     pub http_requests: Family<ListenerCodeLabels, Counter>,
     pub http_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
+    pub config_reloads: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -129,6 +135,7 @@ impl Metrics {
             upstream_active: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(duration_histogram),
+            config_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -201,6 +208,11 @@ impl Metrics {
             "Time from request to response headers",
             m.http_duration.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Re-reads of the run --config file by result: success (applied), failure (refused), unchanged",
+            m.config_reloads.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -217,6 +229,13 @@ impl Metrics {
                 set: set.to_string(),
                 reason: reason.as_str(),
             });
+        }
+    }
+
+    /// Creates the config reload series at zero (`run --config` only).
+    pub fn init_config(&self) {
+        for result in ["success", "failure", "unchanged"] {
+            let _ = self.config_reloads.get_or_create(&ResultLabels { result });
         }
     }
 

@@ -103,12 +103,15 @@ pub struct Pacing {
     pub min_interval: Duration,
 }
 
-/// Runs `actions` for every new generation of `store` until `cancel`.
+/// Runs `actions` for every generation of `store` after `acted` until `cancel` (`acted` is 0
+/// at start-up; a runner started by a configuration change begins after what is served, which
+/// the app already has).
 pub async fn run(
     store: Arc<Store>,
     actions: Vec<Action>,
     pacing: Pacing,
     metrics: Arc<Metrics>,
+    acted: u64,
     cancel: CancellationToken,
 ) {
     // Every series at zero, so rate() and increase() work from the start.
@@ -129,7 +132,7 @@ pub async fn run(
         }
     }
     let mut generations = store.subscribe();
-    let mut last_acted = 0;
+    let mut last_acted = acted;
     let mut last_run: Option<Instant> = None;
     loop {
         // Look before waiting: a publish may have happened before this task subscribed.
@@ -317,6 +320,7 @@ mod tests {
                 actions,
                 pacing,
                 self.metrics.clone(),
+                0,
                 self.cancel.clone(),
             )));
         }

@@ -16,14 +16,13 @@ use anyhow::Context;
 use tracing::{info, warn};
 
 use crate::admin::Listen;
-use crate::app::{self, CorePlan, ServerPlan};
+use crate::app;
 use crate::check::check;
+use crate::config::defaults;
+use crate::config::raw::{RawConfig, RawListener, RawSet};
+use crate::config::{ConfigErrors, Origin};
 use crate::creds::paths::CredentialPaths;
 use crate::creds::validate::{Policy, Usage};
-use crate::proxy::inbound::Allow;
-use crate::proxy::{ListenerConfig, Protocol, Target};
-use crate::reload::SetConfig;
-use crate::tls::MinTls;
 
 /// What the demo is told.
 #[derive(Clone, Debug)]
@@ -135,39 +134,42 @@ pub async fn run(args: &DemoConfig, out: &mut (dyn Write + Send)) -> anyhow::Res
         });
     }
 
-    let paths = CredentialPaths::resolve(Some(&dir.join("server")), None, None, None, None)?;
-    let set = SetConfig {
-        name: "default".into(),
-        paths,
-        policy: Policy::default(),
-    };
-    app::run_server(ServerPlan {
-        core: CorePlan {
-            set,
-            poll_interval: Duration::from_secs(30),
-            debounce: Duration::from_millis(100),
-            admin,
-        },
-        listener: ListenerConfig {
+    // The demo is a one-set configuration like any other: the same defaults and checks.
+    let raw = RawConfig {
+        admin_listen: Some(match admin {
+            Listen::On(a) => a.to_string(),
+            Listen::Off => "off".into(),
+        }),
+        shutdown_grace: Some("5s".into()),
+        sets: [(
+            defaults::SET.to_string(),
+            RawSet {
+                cert_dir: Some(dir.join("server")),
+                ..RawSet::default()
+            },
+        )]
+        .into(),
+        listeners: vec![RawListener {
             name: "server".into(),
-            listen,
-            target: Target::Tcp(upstream_addr.to_string()),
-            protocol: Protocol::Http,
-            min_tls: MinTls::V12,
-            handshake_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(300),
-            max_connections: 1000,
-            max_upstream_connections: 100,
-            max_connection_age: None,
-        },
-        allow: Allow {
-            all: true,
-            ..Allow::default()
-        },
-        shutdown_grace: Duration::from_secs(5),
-    })
-    .await
+            kind: "server".into(),
+            credentials: defaults::SET.into(),
+            listen: Some(listen.to_string()),
+            target: Some(upstream_addr.to_string()),
+            protocol: Some("http".into()),
+            allow_all: Some(true),
+            max_connections: Some(1000),
+            max_upstream_connections: Some(100),
+            ..RawListener::default()
+        }],
+        ..RawConfig::default()
+    };
+    let config = crate::config::check::check(&raw, &Origin::Flags).map_err(|e| {
+        anyhow::anyhow!(
+            "the demo's configuration: {}",
+            ConfigErrors::new(&Origin::Flags, &e)
+        )
+    })?;
+    app::run(config, None).await
 }
 
 fn write_leaf(dir: &Path, leaf: &pki::DemoLeaf, ca_pem: &str) -> anyhow::Result<()> {

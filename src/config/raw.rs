@@ -1,0 +1,158 @@
+//! The raw configuration: what a YAML file (`run --config`) or the flags of `server`, `client`
+//! and `watch` say, before any check. Every option has the name of its flag (kebab-case) and is
+//! optional here: defaults are applied once, by [`super::check`]. Values that need parsing
+//! (durations, addresses) stay strings, so that the check can say where a bad one is.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    /// Address of /healthz, /readyz, /status and /metrics, or `off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+    /// Re-hash the credential files this often even without file events; `0` turns polling off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<String>,
+    /// Quiet period after file events before reloading (a rename onto ..data reloads at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<String>,
+    /// On SIGTERM, how long open connections may take to finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<String>,
+    /// Credential sets by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sets: BTreeMap<String, RawSet>,
+    /// `server` and `client` listeners.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<RawListener>,
+    /// What to do after each validated change of a set (what `watch` does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch: Vec<RawWatch>,
+}
+
+/// One credential set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSet {
+    /// A mounted kubernetes.io/tls Secret: DIR/tls.crt, DIR/tls.key, DIR/ca.crt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_dir: Option<PathBuf>,
+    /// Certificate file: leaf first, then intermediates (overrides DIR/tls.crt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Private key file (overrides DIR/tls.key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// CA bundle the leaf must chain to (overrides DIR/ca.crt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// CA bundle peers are verified against, when peers come from another CA (default: ca).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_ca: Option<PathBuf>,
+    /// The leaf must carry these DNS SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect_dns: Vec<String>,
+    /// The leaf must carry these URI SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect_uri: Vec<String>,
+    /// server, client or both [default: what the listeners using the set need; server if none].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<String>,
+}
+
+/// One listener: `kind: server` terminates mTLS, `kind: client` originates it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawListener {
+    /// Its name in logs, metrics and /status.
+    #[serde(default)]
+    pub name: String,
+    /// server or client.
+    #[serde(default)]
+    pub kind: String,
+    /// The set whose credentials it uses.
+    #[serde(default)]
+    pub credentials: String,
+    /// Address to listen on [server default: 0.0.0.0:8443; client: required, loopback].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// server: the plaintext app (host:port or unix:/path); client: the mTLS server (host:port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// tcp or http.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tls: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_upstream_connections: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_age: Option<String>,
+    // server
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_all: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_cn: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_ou: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_dns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_uri: Vec<String>,
+    // client
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsafe_listen: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_dns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_uri: Vec<String>,
+}
+
+/// The actions run after each validated change of one set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawWatch {
+    /// The set whose changes it acts on.
+    #[serde(default)]
+    pub credentials: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+    /// A program and its arguments (no shell): what `watch -- PROGRAM [ARGS..]` runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_ca: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act_on_start: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_interval: Option<String>,
+}
