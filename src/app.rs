@@ -56,8 +56,23 @@ pub enum BindError {
 /// The file a configuration came from, for `run --config` (read again when it changes).
 #[derive(Debug, Clone)]
 pub struct ConfigFile {
-    pub path: PathBuf,
-    pub raw: RawConfig,
+    path: PathBuf,
+    /// What runs now.
+    raw: RawConfig,
+    /// The SHA-256 of the text last read (applied or refused): an event that leaves the file
+    /// as it was is not a new configuration.
+    seen: [u8; 32],
+}
+
+impl ConfigFile {
+    /// `raw` was parsed from `text`, the content of `path`.
+    pub fn new(path: PathBuf, text: &str, raw: RawConfig) -> Self {
+        ConfigFile {
+            path,
+            raw,
+            seen: Sha256::digest(text.as_bytes()).into(),
+        }
+    }
 }
 
 /// How a task ended: on purpose (its token was cancelled) or not (a bug: the process exits
@@ -85,6 +100,8 @@ pub async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Result<()>
         admin_listen: config.admin,
     };
     let admin_addr = config.admin;
+    // The config file is polled like the credentials (every set has the global interval).
+    let poll = config.sets.first().and_then(|s| s.poll_interval);
     rt.apply(config, true).await?;
     if let Listen::On(addr) = admin_addr {
         let socket = admin::bind(addr)
@@ -109,7 +126,7 @@ pub async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Result<()>
         let watch_cfg = WatchConfig {
             dirs: vec![parent_dir(&f.path)],
             debounce: Duration::from_millis(100),
-            poll: None,
+            poll,
         };
         rt.spawn(
             "config watcher",
@@ -127,7 +144,7 @@ pub async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Result<()>
                     info!(signal = %s, "signal received; re-reading the credentials");
                     rt.trigger_all();
                     if let Some(f) = &mut current {
-                        rt.reload_config(f).await;
+                        rt.reload_config(f, true).await;
                     }
                 }
                 Received::Ignored(s) => {
@@ -136,7 +153,7 @@ pub async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Result<()>
             },
             Some(_) = config_rx.recv() => {
                 if let Some(f) = &mut current {
-                    rt.reload_config(f).await;
+                    rt.reload_config(f, false).await;
                 }
             }
             Some(ended) = rt.tasks.join_next() => match ended {
@@ -483,7 +500,9 @@ impl Runtime {
     }
 
     /// Reads `file` again; applies it if it changed and is valid, else keeps the running one.
-    async fn reload_config(&mut self, file: &mut ConfigFile) {
+    /// A text already seen is looked at again only when `asked` (SIGHUP): other events in the
+    /// directory (a sibling file, a swap to the same content) are not a new configuration.
+    async fn reload_config(&mut self, file: &mut ConfigFile, asked: bool) {
         let refuse = |rt: &Runtime, message: String| {
             events::config_refused(&rt.metrics, &file.path, &message);
             if let Some(mut status) = rt.admin.config() {
@@ -491,7 +510,19 @@ impl Runtime {
                 rt.admin.set_config(status);
             }
         };
-        let (raw, mut config) = match config::load(&file.path) {
+        let path = file.path.clone();
+        // A blocking read (a hung volume) must not stall the runtime's other work.
+        let text = match tokio::task::spawn_blocking(move || config::read_text(&path)).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => return refuse(self, e.to_string()),
+            Err(e) => return refuse(self, format!("reading the file failed: {e}")),
+        };
+        let seen: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        if seen == file.seen && !asked {
+            return;
+        }
+        file.seen = seen;
+        let (raw, mut config) = match config::load(&text, &file.path) {
             Ok(loaded) => loaded,
             Err(e) => return refuse(self, e.to_string()),
         };

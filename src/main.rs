@@ -119,7 +119,11 @@ fn run_flags(raw: Result<RawConfig, String>) -> ExitCode {
 
 /// `run --config FILE` (and its `--check`, `--check-credentials`, `--print`).
 fn run_file(args: &RunArgs, out: &mut impl Write) -> ExitCode {
-    let (raw, origin) = match config::read_file(&args.config) {
+    let text = match config::read_text(&args.config) {
+        Ok(t) => t,
+        Err(e) => return config_error(&e),
+    };
+    let (raw, origin) = match config::parse(&text, &args.config) {
         Ok(r) => r,
         Err(e) => return config_error(&e),
     };
@@ -171,10 +175,7 @@ fn run_file(args: &RunArgs, out: &mut impl Write) -> ExitCode {
     if let Err(e) = fit_limits(&mut config) {
         return usage_error(&format!("{}: {e}", args.config.display()));
     }
-    let file = ConfigFile {
-        path: args.config.clone(),
-        raw,
-    };
+    let file = ConfigFile::new(args.config.clone(), &text, raw);
     match run_async(app::run(config, Some(file))) {
         Ok(()) => ExitCode::SUCCESS,
         // The file, not a flag, chose the address.

@@ -30,19 +30,21 @@ const MAX_CONFIG_SIZE: u64 = 1024 * 1024;
 
 /// Reads and parses a YAML config file; Err names the file and, where known, the line.
 pub fn read_file(path: &Path) -> Result<(RawConfig, Origin), ConfigErrors> {
+    parse(&read_text(path)?, path)
+}
+
+/// The text of a config file; Err names the file.
+pub fn read_text(path: &Path) -> Result<String, ConfigErrors> {
     let fail = |message: String| ConfigErrors {
         lines: vec![format!("{}: {message}", path.display())],
     };
-    let text = match std::fs::metadata(path) {
-        Ok(m) if m.len() > MAX_CONFIG_SIZE => {
-            return Err(fail(format!(
-                "larger than {MAX_CONFIG_SIZE} bytes: not a config file"
-            )))
-        }
-        Ok(_) => std::fs::read_to_string(path).map_err(|e| fail(format!("cannot be read: {e}")))?,
-        Err(e) => return Err(fail(format!("cannot be read: {e}"))),
-    };
-    parse(&text, path)
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > MAX_CONFIG_SIZE => Err(fail(format!(
+            "larger than {MAX_CONFIG_SIZE} bytes: not a config file"
+        ))),
+        Ok(_) => std::fs::read_to_string(path).map_err(|e| fail(format!("cannot be read: {e}"))),
+        Err(e) => Err(fail(format!("cannot be read: {e}"))),
+    }
 }
 
 /// Parses `text` (the content of `path`).
@@ -82,9 +84,9 @@ pub fn parse(text: &str, path: &Path) -> Result<(RawConfig, Origin), ConfigError
     }
 }
 
-/// Reads, parses and checks a config file.
-pub fn load(path: &Path) -> Result<(RawConfig, Config), ConfigErrors> {
-    let (raw, origin) = read_file(path)?;
+/// Parses and checks the text of a config file.
+pub fn load(text: &str, path: &Path) -> Result<(RawConfig, Config), ConfigErrors> {
+    let (raw, origin) = parse(text, path)?;
     let config = check::check(&raw, &origin).map_err(|e| ConfigErrors::new(&origin, &e))?;
     Ok((raw, config))
 }

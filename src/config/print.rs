@@ -6,7 +6,8 @@ use super::model::Config;
 use super::raw::RawConfig;
 use crate::creds::validate::Usage;
 
-/// `raw` with every default filled in (and each set's usage as derived from its listeners).
+/// `raw` with every default filled in, each set's files as resolved and its usage as derived
+/// from its listeners.
 pub fn filled(raw: &RawConfig, config: &Config) -> RawConfig {
     let mut out = raw.clone();
     let or = |v: &mut Option<String>, d: &str| {
@@ -20,6 +21,12 @@ pub fn filled(raw: &RawConfig, config: &Config) -> RawConfig {
     or(&mut out.shutdown_grace, defaults::SHUTDOWN_GRACE);
     for (name, set) in out.sets.iter_mut() {
         if let Some(plan) = config.set(name) {
+            // The files it reads, whether named or found in cert-dir.
+            let paths = &plan.set.paths;
+            set.cert = Some(paths.cert.clone());
+            set.key = Some(paths.key.clone());
+            set.ca = Some(paths.ca.clone());
+            set.peer_ca = paths.peer_ca.clone();
             set.usage = Some(
                 match plan.set.policy.usage {
                     Usage::Server => "server",

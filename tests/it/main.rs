@@ -13,6 +13,7 @@ mod fuzz;
 mod kubelet_scenarios;
 mod kubelet_volume;
 mod readme_flags;
+mod run_config;
 mod server_mode;
 mod support;
 mod support_selftest;

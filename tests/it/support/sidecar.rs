@@ -5,6 +5,8 @@
 //! wrapper command (`setpriv ...` to drop privileges, `unshare --pid --fork ...` for a PID
 //! namespace shared with an app); `pid()` is then the sidecar's own process, found among the
 //! wrapper's descendants if the wrapper forks.
+//! `run_config` starts `run --config FILE`; `listener(name)` and `set_named(name)` look up one
+//! of its listeners and sets.
 //! `ExecCounter` is the trailing `-- /bin/sh -c ...` action that appends one line per run.
 
 use std::ffi::OsStr;
@@ -127,6 +129,36 @@ impl Sidecar {
         subcommand: &str,
         args: impl IntoIterator<Item = S>,
     ) -> Sidecar {
+        let head = [
+            subcommand,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ];
+        Self::launch(wrapper, &head, args)
+    }
+
+    /// Start `mtls-sidecar run --log-format json --config FILE` (the file should say
+    /// `admin-listen: 127.0.0.1:0`) and wait (bounded) until it logs its admin address and
+    /// every listener of the file is bound (see `listener`).
+    pub fn run_config(config: &Path) -> Sidecar {
+        let _gate = INOTIFY_GATE.read().unwrap_or_else(|e| e.into_inner());
+        let head = ["run", "--log-format", "json", "--config"];
+        let sidecar = Self::launch(NO_WRAPPER, &head, [config]);
+        // Keep the gate until its inotify instance exists (it normally does by now).
+        let pid = sidecar.pid();
+        wait_until(Duration::from_secs(2), || {
+            super::inotify::inotify_fds(pid) > 0
+        });
+        sidecar
+    }
+
+    fn launch<W: AsRef<OsStr>, S: AsRef<OsStr>>(
+        wrapper: &[W],
+        head: &[&str],
+        args: impl IntoIterator<Item = S>,
+    ) -> Sidecar {
         let dir = tempfile::tempdir().expect("tempdir for sidecar logs");
         let stderr = fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
         let stdout = fs::File::create(dir.path().join("stdout.log")).expect("stdout log");
@@ -144,18 +176,12 @@ impl Sidecar {
                 cmd.env_remove(key);
             }
         }
-        cmd.args([
-            subcommand,
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr);
+        cmd.args(head)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -243,6 +269,43 @@ impl Sidecar {
         self.listen
             .as_deref()
             .expect("listen_addr() needs a sidecar started with Sidecar::server")
+    }
+
+    /// The address listener `name` is bound on now: its latest `listener bound` log line
+    /// (a listener a config change moved binds again), None before it is bound.
+    pub fn listener(&self, name: &str) -> Option<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                v["fields"]["message"] == "listener bound" && v["fields"]["listener"] == name
+            })
+            .last()
+            .and_then(|v| v["fields"]["address"].as_str().map(str::to_string))
+    }
+
+    /// `listener(name)`, waiting (bounded) until it is bound; panics with the log if it is not.
+    pub fn wait_listener(&self, name: &str) -> String {
+        let mut addr = None;
+        wait_until(STARTUP_TIMEOUT, || {
+            addr = self.listener(name);
+            addr.is_some()
+        });
+        addr.unwrap_or_else(|| {
+            panic!(
+                "no `listener bound` log line for listener `{name}` within {STARTUP_TIMEOUT:?}:\n{}",
+                self.all_output()
+            )
+        })
+    }
+
+    /// The entry of set `name` in `/status` (`Value::Null` if there is none).
+    pub fn set_named(&self, name: &str) -> Value {
+        let status = self.status();
+        status["sets"]
+            .as_array()
+            .and_then(|sets| sets.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or(Value::Null)
     }
 
     /// Stderr so far: the JSON log lines.
