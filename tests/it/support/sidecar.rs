@@ -276,11 +276,9 @@ impl Sidecar {
     pub fn listener(&self, name: &str) -> Option<String> {
         self.log()
             .lines()
+            .rev()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| {
-                v["fields"]["message"] == "listener bound" && v["fields"]["listener"] == name
-            })
-            .last()
+            .find(|v| v["fields"]["message"] == "listener bound" && v["fields"]["listener"] == name)
             .and_then(|v| v["fields"]["address"].as_str().map(str::to_string))
     }
 
