@@ -8,6 +8,7 @@
 //! [`crate::signals`]). The only module that knows every stage.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -198,14 +200,23 @@ struct SetRun {
 
 struct ListenerRun {
     fingerprint: String,
+    /// The address the configuration gives (port 0 stays 0).
+    listen: SocketAddr,
     stats: Arc<ListenerStats>,
     /// Stops accepting.
     stop: CancellationToken,
-    /// Cancelled once the listening socket is closed.
-    closed: CancellationToken,
+    /// The listening socket, once the accept loop stopped (dropped: closed).
+    socket: oneshot::Receiver<TcpListener>,
     /// Stops the task that follows the store.
     cancel: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// The socket a listener about to start will serve.
+enum Socket {
+    Bound(TcpListener),
+    /// That of the running listener of this name, which stops.
+    From(String),
 }
 
 struct WatchRun {
@@ -236,13 +247,59 @@ impl Runtime {
     }
 
     /// Makes the running parts those of `config`: unchanged parts keep running, changed or
-    /// removed ones stop (a listener finishes its open connections), new ones start. At start-up
-    /// (`initial`) a listener that cannot bind is an error; later it is logged and skipped.
+    /// removed ones stop (a listener finishes its open connections), new ones start. Every new
+    /// listener's socket is bound first: an address that cannot be bound is an error and nothing
+    /// changed. A changed listener that keeps its address takes over the old one's socket.
     async fn apply(&mut self, config: Config, initial: bool) -> anyhow::Result<()> {
         if !initial && config.admin != self.admin_listen {
             warn!("the admin endpoint's address changed in the configuration; it applies after a restart");
         }
         self.grace = config.shutdown_grace;
+        // Listeners to stop, and a socket for every listener to start, before anything stops:
+        // a configuration with an address that cannot be bound is refused as a whole.
+        let wanted: BTreeMap<&str, &ListenerPlan> = config
+            .listeners
+            .iter()
+            .map(|l| (l.cfg.name.as_str(), l))
+            .collect();
+        let stopping: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|(name, run)| {
+                wanted
+                    .get(name.as_str())
+                    .is_none_or(|p| p.fingerprint != run.fingerprint)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut sockets = BTreeMap::new();
+        for plan in &config.listeners {
+            let name = &plan.cfg.name;
+            if self.listeners.contains_key(name) && !stopping.contains(name) {
+                continue;
+            }
+            let addr = plan.cfg.listen;
+            // The address of a listener that stops: its socket is handed over, so no
+            // connection is refused in between.
+            let from = stopping
+                .iter()
+                .find(|old| addr.port() != 0 && self.listeners[*old].listen == addr);
+            let socket = match from {
+                Some(old) => Socket::From(old.clone()),
+                None => match listener::bind(addr) {
+                    Ok(socket) => Socket::Bound(socket),
+                    Err(source) => {
+                        return Err(BindError::Listener {
+                            name: name.clone(),
+                            addr,
+                            source,
+                        }
+                        .into())
+                    }
+                },
+            };
+            sockets.insert(name.clone(), socket);
+        }
         // Sets: keep the unchanged, stop the rest, start the new.
         let wanted: BTreeMap<&str, &SetPlan> = config
             .sets
@@ -270,39 +327,32 @@ impl Runtime {
                 self.start_set(plan);
             }
         }
-        // Listeners: stop the changed and removed first, so their addresses are free again.
-        let wanted: BTreeMap<&str, &ListenerPlan> = config
-            .listeners
-            .iter()
-            .map(|l| (l.cfg.name.as_str(), l))
-            .collect();
-        let stale: Vec<String> = self
-            .listeners
-            .iter()
-            .filter(|(name, run)| {
-                wanted
-                    .get(name.as_str())
-                    .is_none_or(|p| p.fingerprint != run.fingerprint)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in stale {
+        // Listeners: the changed and removed stop (their open connections finish), then the
+        // new and changed start, on a socket bound above or handed over.
+        let mut handed = BTreeMap::new();
+        for name in stopping {
             if let Some(run) = self.listeners.remove(&name) {
                 info!(listener = %name, "listener stopped (changed or removed); its open connections finish");
-                self.drain(run).await;
+                if let Some(socket) = self.drain(run).await {
+                    handed.insert(name, socket);
+                }
             }
         }
         for plan in config.listeners {
-            if self.listeners.contains_key(&plan.cfg.name) {
-                continue;
-            }
-            let Some(store) = self.sets.get(&plan.set).map(|s| s.store.clone()) else {
+            let socket = match sockets.remove(&plan.cfg.name) {
+                Some(Socket::Bound(socket)) => Some(socket),
+                Some(Socket::From(old)) => handed.remove(&old),
+                None => continue,
+            };
+            let (Some(socket), Some(store)) =
+                (socket, self.sets.get(&plan.set).map(|s| s.store.clone()))
+            else {
+                error!(listener = %plan.cfg.name, "listener not started: its socket was lost");
                 continue;
             };
-            match self.start_listener(plan, store).await {
-                Ok(()) => {}
-                Err(e) if initial => return Err(e.into()),
-                Err(e) => error!(error = %e, "listener not started"),
+            let name = plan.cfg.name.clone();
+            if let Err(e) = self.start_listener(plan, store, socket) {
+                error!(listener = %name, error = %e, "listener not started");
             }
         }
         // Watches: as a multiset of fingerprints.
@@ -392,26 +442,18 @@ impl Runtime {
         );
     }
 
-    async fn start_listener(
+    fn start_listener(
         &mut self,
         plan: ListenerPlan,
         store: Arc<Store>,
-    ) -> Result<(), BindError> {
+        socket: TcpListener,
+    ) -> std::io::Result<()> {
         let cfg = plan.cfg;
-        let (socket, address) =
-            listener::bind(&cfg)
-                .await
-                .map_err(|source| BindError::Listener {
-                    name: cfg.name.clone(),
-                    addr: cfg.listen,
-                    source,
-                })?;
-        let name = cfg.name.clone();
-        let (stop, closed, cancel) = (
-            CancellationToken::new(),
-            CancellationToken::new(),
-            self.cancel.child_token(),
-        );
+        let address = socket.local_addr()?;
+        info!(listener = %cfg.name, %address, target = %cfg.target, "listener bound");
+        let (name, listen) = (cfg.name.clone(), cfg.listen);
+        let (stop, cancel) = (CancellationToken::new(), self.cancel.child_token());
+        let (handover, socket_back) = oneshot::channel();
         let tracker = TaskTracker::new();
         let stats;
         match plan.role {
@@ -429,7 +471,7 @@ impl Runtime {
                     cancel.clone(),
                     handler.follow(store, cancel.clone()),
                 );
-                self.serve(handler, socket, &stop, &closed, &tracker);
+                self.serve(handler, socket, &stop, handover, &tracker);
             }
             Role::Client { remote, pins } => {
                 let shared = Shared::new(
@@ -445,16 +487,17 @@ impl Runtime {
                     cancel.clone(),
                     handler.follow(store, cancel.clone()),
                 );
-                self.serve(handler, socket, &stop, &closed, &tracker);
+                self.serve(handler, socket, &stop, handover, &tracker);
             }
         }
         self.listeners.insert(
             name,
             ListenerRun {
                 fingerprint: plan.fingerprint,
+                listen,
                 stats,
                 stop,
-                closed,
+                socket: socket_back,
                 cancel,
                 tracker,
             },
@@ -465,30 +508,32 @@ impl Runtime {
     fn serve<H: Handler>(
         &mut self,
         handler: H,
-        socket: tokio::net::TcpListener,
+        socket: TcpListener,
         stop: &CancellationToken,
-        closed: &CancellationToken,
+        handover: oneshot::Sender<TcpListener>,
         tracker: &TaskTracker,
     ) {
-        let (stop, closed, tracker) = (stop.clone(), closed.clone(), tracker.clone());
+        let (stop, tracker) = (stop.clone(), tracker.clone());
         let accept = listener::serve(socket, Arc::new(handler), stop.clone(), tracker);
         self.spawn_with("accept loop", stop, async move {
-            accept.await;
-            closed.cancel();
+            // Nobody waiting for it: the socket closes here.
+            let _ = handover.send(accept.await);
         });
     }
 
-    /// Stops a listener: its socket closes now; its open connections get up to the grace
-    /// period (in the background), then its other tasks stop.
-    async fn drain(&mut self, run: ListenerRun) {
+    /// Stops a listener: it stops accepting now and gives its socket back (for a changed
+    /// listener on the same address; dropped, it closes); its open connections get up to the
+    /// grace period (in the background), then its other tasks stop.
+    async fn drain(&mut self, run: ListenerRun) -> Option<TcpListener> {
         run.stop.cancel();
-        run.closed.cancelled().await;
+        let socket = run.socket.await.ok();
         run.tracker.close();
         let grace = self.grace;
         self.drains.spawn(async move {
             let _ = tokio::time::timeout(grace, run.tracker.wait()).await;
             run.cancel.cancel();
         });
+        socket
     }
 
     /// SIGHUP: every set reads its files again now.
@@ -563,8 +608,9 @@ impl Runtime {
             run.stop.cancel();
         }
         let mut open = 0;
-        for run in self.listeners.values() {
-            run.closed.cancelled().await;
+        for run in self.listeners.values_mut() {
+            // Dropped: closed, so new connections are refused while the open ones finish.
+            drop((&mut run.socket).await);
             run.tracker.close();
         }
         let deadline = tokio::time::Instant::now() + self.grace;

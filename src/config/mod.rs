@@ -74,8 +74,13 @@ pub fn parse(text: &str, path: &Path) -> Result<(RawConfig, Origin), ConfigError
             let first = message.lines().next().unwrap_or_default().trim();
             let first = first.strip_prefix("error: ").unwrap_or(first);
             let message = match first.split_once(": ") {
-                Some((place, rest)) if place.starts_with("line ") => rest.to_string(),
-                _ => first.to_string(),
+                Some((place, rest)) if place.starts_with("line ") => rest,
+                _ => first,
+            };
+            // Advice meant for the parser's API, not for whoever edits the file.
+            let message = match message.split_once(", set DuplicateKeyPolicy") {
+                Some((dup, _)) => format!("{dup} (each key may appear once in a mapping)"),
+                None => message.to_string(),
             };
             Err(ConfigErrors {
                 lines: vec![format!("{at}: {message}")],
@@ -115,5 +120,10 @@ mod tests {
         assert!(!e[0].contains("column"), "{e:?}");
         let e = errors("listeners:\n  - name: a\n    max-connections: many\n");
         assert!(e[0].starts_with("c.yaml:3: "), "{e:?}");
+        let e = errors("sets:\n  a:\n    cert-dir: /x\n    cert-dir: /y\n");
+        assert_eq!(
+            e,
+            ["c.yaml:4: duplicate mapping key: cert-dir (each key may appear once in a mapping)"]
+        );
     }
 }

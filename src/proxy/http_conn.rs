@@ -1,8 +1,9 @@
 //! One HTTP connection accepted by a listener, in either direction: a hyper server (HTTP/1.1
 //! keep-alive, or HTTP/2 by ALPN or prior knowledge) running a request handler until the
 //! connection ends, the client idles past `--idle-timeout`, it reaches `--max-connection-age`,
-//! or shutdown starts. The last three close gracefully: HTTP/1 after the in-flight response
-//! with `Connection: close`, HTTP/2 with GOAWAY.
+//! or shutdown starts (a connection with no request yet first gets `FIRST_REQUEST_GRACE` to
+//! send one: it was accepted while its client sent it). The last three close gracefully: HTTP/1
+//! after the in-flight response with `Connection: close`, HTTP/2 with GOAWAY.
 //!
 //! Idle means "no request in progress" (a request is in progress from its complete header block
 //! until its response body is done), not "no bytes": HTTP/2 PINGs or a trickled header block
@@ -15,7 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,6 +29,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -42,6 +44,10 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 const MAX_HEADER_READ: Duration = Duration::from_secs(30);
 /// Extra time a closing connection gets to finish a response that is still moving.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// A connection accepted just before shutdown (or before its listener changed) that has not
+/// sent a request yet: its client is most likely sending one. It gets this long to, and that
+/// request is served, before the graceful close.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Connection-level headers that must not be forwarded (RFC 9110 7.6.1), and credentials meant
 /// for a proxy (we are the proxy; they must not reach the next hop).
@@ -101,6 +107,15 @@ pub async fn serve_conn<S, F, Fut>(
         }
     };
     tokio::pin!(age);
+    let opened = Instant::now();
+    let stop = async {
+        shutdown.cancelled().await;
+        if !requests.any() {
+            let left = FIRST_REQUEST_GRACE.saturating_sub(opened.elapsed());
+            let _ = tokio::time::timeout(left, requests.first()).await;
+        }
+    };
+    tokio::pin!(stop);
     let mut closing: Option<Instant> = None;
     loop {
         let open = closing.is_none();
@@ -115,7 +130,7 @@ pub async fn serve_conn<S, F, Fut>(
                 debug!(listener = %cfg.name, %peer, "request headers not complete within the header-read deadline; closing");
                 return;
             }
-            _ = shutdown.cancelled(), if open => {}
+            _ = &mut stop, if open => {}
             _ = &mut age, if open => {}
             _ = activity.idle(cfg.idle_timeout), if open => {}
             _ = requests.idle(cfg.idle_timeout, None), if open => {}
@@ -164,6 +179,9 @@ struct Requests(Arc<RequestsInner>);
 
 struct RequestsInner {
     epoch: Instant,
+    /// Set at the first request.
+    any: AtomicBool,
+    first: Notify,
     in_flight: AtomicUsize,
     /// When `in_flight` last dropped to zero, in ms since `epoch`.
     last_end_ms: AtomicU64,
@@ -173,6 +191,8 @@ impl Requests {
     fn new() -> Self {
         Requests(Arc::new(RequestsInner {
             epoch: Instant::now(),
+            any: AtomicBool::new(false),
+            first: Notify::new(),
             in_flight: AtomicUsize::new(0),
             last_end_ms: AtomicU64::new(0),
         }))
@@ -180,7 +200,27 @@ impl Requests {
 
     fn enter(&self) -> RequestGuard {
         self.0.in_flight.fetch_add(1, Ordering::AcqRel);
+        if !self.0.any.load(Ordering::Relaxed) {
+            self.0.any.store(true, Ordering::Release);
+            self.0.first.notify_waiters();
+        }
         RequestGuard(self.clone())
+    }
+
+    /// Whether a request has started on this connection.
+    fn any(&self) -> bool {
+        self.0.any.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a request has started.
+    async fn first(&self) {
+        let notified = self.0.first.notified();
+        tokio::pin!(notified);
+        // Registered before the check: a request that starts in between wakes it.
+        notified.as_mut().enable();
+        if !self.any() {
+            notified.await;
+        }
     }
 
     /// Resolves once no request was in progress for `limit`, counting from `not_before` at the

@@ -231,28 +231,27 @@ pub trait Handler: Send + Sync + 'static {
 /// clients then retry after 1, 3, 7 s.
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// Binds the listening socket and logs the address actually bound.
-pub async fn bind(cfg: &ListenerConfig) -> io::Result<(TcpListener, SocketAddr)> {
-    let socket = match cfg.listen {
+/// Binds the listening socket for `addr` (the caller logs what it serves on it).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     // As the standard library does: a restarted sidecar can bind while old connections linger.
     socket.set_reuseaddr(true)?;
-    socket.bind(cfg.listen)?;
-    let l = socket.listen(LISTEN_BACKLOG)?;
-    let addr = l.local_addr()?;
-    info!(listener = %cfg.name, address = %addr, target = %cfg.target, "listener bound");
-    Ok((l, addr))
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
-/// Accepts until `shutdown`, then drops the socket; connection tasks go to `tracker`.
+/// Accepts until `shutdown`; connection tasks go to `tracker`. Returns the listening socket,
+/// still open: connections the kernel queued meanwhile wait for whoever serves it next (a
+/// changed listener on the same address), or are refused when it is dropped.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-) {
+) -> TcpListener {
     let name = handler.shared().cfg.name.clone();
     let limit = Arc::new(Semaphore::new(handler.shared().cfg.max_connections.max(1)));
     loop {
@@ -286,6 +285,7 @@ pub async fn serve<H: Handler>(
         );
     }
     info!(listener = %name, "stopped accepting connections");
+    listener
 }
 
 /// Counts a connection as open for as long as it lives.

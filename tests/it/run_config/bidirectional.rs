@@ -137,9 +137,12 @@ struct Load {
 }
 
 impl Load {
+    /// `request` until stopped; with `keep_alive`, a response that closes the connection is a
+    /// failure (nginx's old workers close theirs after a reload: that is not one).
     fn run(
         self: &Arc<Self>,
         what: &'static str,
+        keep_alive: bool,
         mut request: impl FnMut(usize) -> Result<Response, String> + Send + 'static,
     ) -> JoinHandle<()> {
         let load = self.clone();
@@ -147,7 +150,7 @@ impl Load {
             let mut n = 0;
             while !load.stop.load(Ordering::SeqCst) {
                 match request(n) {
-                    Ok(r) if r.status == 200 && !r.closes() => {
+                    Ok(r) if r.status == 200 && !(keep_alive && r.closes()) => {
                         load.requests.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(r) => load.fail(format!("{what} {n}: HTTP {}: {}", r.status, r.body_text())),
@@ -195,21 +198,21 @@ fn start_clients(
         .build();
     let mut threads = Vec::new();
     let (client, addr) = (to_service.clone(), inbound.to_string());
-    threads.push(load.run("inbound, new connection", move |n| {
+    threads.push(load.run("inbound, new connection", true, move |n| {
         client.get(&addr, &format!("/new/{n}"))
     }));
     let mut kept = to_service
         .connect(inbound)
         .expect("kept-alive connection to inbound");
-    threads.push(load.run("inbound, kept alive", move |n| {
+    threads.push(load.run("inbound, kept alive", true, move |n| {
         kept.get(&format!("/keep/{n}"))
     }));
     let mut app = PlainConn::connect(outbound, API).expect("app connection to outbound");
-    threads.push(load.run("outbound, kept alive", move |n| {
+    threads.push(load.run("outbound, kept alive", true, move |n| {
         app.get(&format!("/out/{n}"))
     }));
     let (client, addr) = (to_service, nginx.to_string());
-    threads.push(load.run("nginx, new connection", move |n| {
+    threads.push(load.run("nginx, new connection", false, move |n| {
         client.get(&addr, &format!("/nginx/{n}"))
     }));
     threads
