@@ -13,6 +13,13 @@ kustomization, each file named after its kustomization directory).
    runAsNonRoot, readOnlyRootFilesystem, no privilege escalation, ALL capabilities dropped,
    seccomp RuntimeDefault, requests and limits, and for long-running sidecars: native sidecar,
    readiness on /readyz, liveness on /healthz.
+4. For a sidecar that runs `run --config FILE`: FILE is a key of a ConfigMap this kustomization
+   renders (a configMapGenerator), mounted whole at FILE's directory in that container; the
+   file is a YAML mapping; every path it names (sets, watch entries) is under one of the
+   container's volumeMounts (the root filesystem is read-only and holds no credentials); the
+   httpGet probes name the port of its `admin-listen`; and every server listener's port is a
+   container port of the sidecar. Whether the binary accepts the file (`run --config FILE
+   --check`) is checked by tests/it/deploy_manifests.rs, with the binary.
 
 Usage: validate_deploy.py RENDERED.yaml...   (exit 1 and one line per problem on failure)
 """
@@ -487,6 +494,151 @@ def sidecar_policy(where, doc, errors):
                     errors.append(f"{at}: livenessProbe must GET /healthz")
 
 
+# === `run --config`: the config file and the pod that runs it ===
+
+# Keys of a `run --config` file that name files or directories (src/config/raw.rs).
+SET_PATH_KEYS = ("cert-dir", "cert", "key", "ca", "peer-ca")
+WATCH_PATH_KEYS = ("stage-dir", "pid-file", "webhook-ca")
+ADMIN_LISTEN_DEFAULT = "0.0.0.0:9901"
+SERVER_LISTEN_DEFAULT = "0.0.0.0:8443"
+
+
+def sidecar_argv(c):
+    """Our container's arguments after the binary (its `command`, if any, is /mtls-sidecar)."""
+    command = [str(a) for a in c.get("command") or []]
+    return command[1:] + [str(a) for a in c.get("args") or []]
+
+
+def flag_value(argv, name):
+    for i, a in enumerate(argv):
+        if a.startswith(name + "="):
+            return a[len(name) + 1:]
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def subcommand(argv):
+    """The first argument that is no option (global options take a value: --log-format X)."""
+    it = iter(argv)
+    for a in it:
+        if not a.startswith("-"):
+            return a
+        if "=" not in a:
+            next(it, None)
+    return None
+
+
+def mount_of(c, path):
+    """The volumeMount of `c` that holds `path` (the longest mountPath that is a prefix)."""
+    found = [m for m in c.get("volumeMounts") or []
+             if path == m.get("mountPath") or path.startswith(m.get("mountPath", "").rstrip("/") + "/")]
+    return max(found, key=lambda m: len(m["mountPath"]), default=None)
+
+
+def port_number(c, port):
+    if isinstance(port, int):
+        return port
+    for p in c.get("ports") or []:
+        if p.get("name") == port:
+            return p.get("containerPort")
+    return None
+
+
+def addr_port(addr):
+    host, _, port = str(addr).rpartition(":")
+    return int(port) if host and port.isdigit() else None
+
+
+def config_file_of(c, pod, docs, at, errors):
+    """The text of the file `--config` names, from the rendered ConfigMap mounted there."""
+    argv = sidecar_argv(c)
+    path = flag_value(argv, "--config") or next(
+        (e.get("value") for e in c.get("env") or [] if e.get("name") == "MTLS_SIDECAR_CONFIG"), None)
+    if not path:
+        errors.append(f"{at}: `run` needs --config FILE")
+        return None
+    mount = mount_of(c, path)
+    if mount is None or mount["mountPath"] == path:
+        errors.append(f"{at}: --config {path}: the container mounts no volume that holds it")
+        return None
+    if "subPath" in mount or "subPathExpr" in mount:
+        errors.append(f"{at}: --config {path}: mount the ConfigMap whole, not with subPath "
+                      "(kubelet never updates a subPath mount)")
+        return None
+    volume = next((v for v in pod.get("volumes") or [] if v.get("name") == mount["name"]), {})
+    source = volume.get("configMap")
+    if not source:
+        errors.append(f"{at}: --config {path}: volume {mount['name']!r} is not a configMap volume")
+        return None
+    rel = path[len(mount["mountPath"].rstrip("/")) + 1:]
+    items = source.get("items")
+    key = next((i["key"] for i in items if i.get("path") == rel), None) if items else rel
+    config_map = next((d for _, d in docs if d.get("kind") == "ConfigMap"
+                       and d["metadata"].get("name") == source.get("name")), None)
+    if config_map is None:
+        errors.append(f"{at}: --config {path}: ConfigMap {source.get('name')!r} is not part of this "
+                      "kustomization (make it with a configMapGenerator next to the example)")
+        return None
+    text = (config_map.get("data") or {}).get(key) if key else None
+    if text is None:
+        errors.append(f"{at}: --config {path}: ConfigMap {source.get('name')!r} has no key {key!r} "
+                      f"(it has {sorted(config_map.get('data') or {})})")
+    return text
+
+
+def run_config_policy(where, doc, docs, errors):
+    """Rule 4 of the module docs, for every sidecar of `doc` that runs `run --config`."""
+    pod = pod_spec_of(doc)
+    if not pod:
+        return
+    for section in ("initContainers", "containers"):
+        for c in pod.get(section) or []:
+            if not SIDECAR_IMAGE_RE.search(c.get("image", "").split("@")[0]):
+                continue
+            if subcommand(sidecar_argv(c)) != "run":
+                continue
+            at = f"{where} {section}/{c.get('name')}"
+            text = config_file_of(c, pod, docs, at, errors)
+            if text is None:
+                continue
+            try:
+                config = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                errors.append(f"{at}: the --config file is not YAML: {e}")
+                continue
+            if not isinstance(config, dict):
+                errors.append(f"{at}: the --config file is not a YAML mapping")
+                continue
+            paths = []
+            for name, s in (config.get("sets") or {}).items():
+                paths += [(f"sets.{name}.{k}", (s or {}).get(k)) for k in SET_PATH_KEYS]
+            for i, w in enumerate(config.get("watch") or []):
+                paths += [(f"watch[{i}].{k}", (w or {}).get(k)) for k in WATCH_PATH_KEYS]
+            for key, path in paths:
+                if path is not None and mount_of(c, str(path)) is None:
+                    errors.append(f"{at}: config {key}: {path} is under none of the container's "
+                                  "volumeMounts")
+            admin = str(config.get("admin-listen", ADMIN_LISTEN_DEFAULT))
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                get = (c.get(kind) or {}).get("httpGet")
+                if get is None:
+                    continue
+                if admin == "off":
+                    errors.append(f"{at}: {kind} probes the admin endpoint, which the config turns off")
+                elif port_number(c, get.get("port")) != addr_port(admin):
+                    errors.append(f"{at}: {kind} probes port {get.get('port')!r}, but the config's "
+                                  f"admin-listen is {admin}")
+            ports = {p.get("containerPort") for p in c.get("ports") or []}
+            for i, listener in enumerate(config.get("listeners") or []):
+                if (listener or {}).get("kind") != "server":
+                    continue
+                port = addr_port(listener.get("listen", SERVER_LISTEN_DEFAULT))
+                if port not in ports:
+                    errors.append(f"{at}: config listeners[{i}] listens on port {port}: declare it "
+                                  "in the container's `ports`")
+
+
 def main(paths):
     latest = kv.latest_version()
     versions = sorted({MIN_KUBERNETES, latest}, key=lambda v: tuple(int(x) for x in v.split(".")))
@@ -515,6 +667,7 @@ def main(paths):
                     loc = ".".join(str(p) for p in e.path) or "(root)"
                     errors.append(f"{where}: Kubernetes {version}: {loc}: {e.message}")
             sidecar_policy(where, doc, errors)
+            run_config_policy(where, doc, docs, errors)
         certificate_issuers_exist(docs, errors)
     for e in errors:
         print(f"ERROR {e}")

@@ -8,8 +8,10 @@
 //! [`crate::signals`]). The only module that knows every stage.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::actions;
 use crate::admin::{self, AdminState, ConfigStatus, Listen};
@@ -207,10 +209,20 @@ struct ListenerRun {
     stop: CancellationToken,
     /// The listening socket, once the accept loop stopped (dropped: closed).
     socket: oneshot::Receiver<TcpListener>,
+    /// The set it serves, and the task that keeps its TLS config in step with the set's store
+    /// (started again on a new store when the set is replaced).
+    set: String,
+    follow: Follow,
+    following: CancellationToken,
     /// Stops the task that follows the store.
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
+
+/// Starts following a store: `(store, cancel)` -> the task.
+type Follow = Arc<
+    dyn Fn(Arc<Store>, CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync,
+>;
 
 /// The socket a listener about to start will serve.
 enum Socket {
@@ -255,6 +267,41 @@ impl Runtime {
             warn!("the admin endpoint's address changed in the configuration; it applies after a restart");
         }
         self.grace = config.shutdown_grace;
+        // New and changed sets read and validate their credentials before anything stops: a
+        // set whose files hold no valid credentials refuses the whole configuration (at
+        // start-up a set waits for its files instead).
+        let mut stores = BTreeMap::new();
+        for plan in &config.sets {
+            let name = &plan.set.name;
+            if self
+                .sets
+                .get(name)
+                .is_some_and(|run| run.fingerprint == plan.fingerprint)
+            {
+                continue;
+            }
+            let store = Store::new(name.clone());
+            // Every series of the set at zero, so rate() and increase() work from the start.
+            self.metrics.init_set(name);
+            if !initial {
+                let report = reload::Report {
+                    store: &store,
+                    metrics: &self.metrics,
+                    set: name,
+                };
+                let span = info_span!("reload", set = %name, trigger = "Config");
+                reload::reload_once(&plan.set, &report)
+                    .instrument(span)
+                    .await;
+                if store.load().is_none() {
+                    let why = store
+                        .last_error()
+                        .map_or_else(|| "no credentials".to_string(), |e| e.message);
+                    anyhow::bail!("set {name:?} has no valid credentials: {why}");
+                }
+            }
+            stores.insert(name.clone(), store);
+        }
         // Listeners to stop, and a socket for every listener to start, before anything stops:
         // a configuration with an address that cannot be bound is refused as a whole.
         let wanted: BTreeMap<&str, &ListenerPlan> = config
@@ -316,15 +363,21 @@ impl Runtime {
             })
             .map(|(name, _)| name.clone())
             .collect();
+        // What each replaced set served: its watch actions act on the new one only if it differs.
+        let mut served_before = BTreeMap::new();
         for name in stale {
             if let Some(run) = self.sets.remove(&name) {
                 info!(set = %name, "credential set stopped (changed or removed)");
                 run.cancel.cancel();
+                if let Some(p) = run.store.load() {
+                    served_before.insert(name, p.bundle.content_hash());
+                }
             }
         }
         for plan in &config.sets {
-            if !self.sets.contains_key(&plan.set.name) {
-                self.start_set(plan);
+            if let Some(store) = stores.remove(&plan.set.name) {
+                self.refollow(&plan.set.name, &store);
+                self.start_set(plan, store);
             }
         }
         // Listeners: the changed and removed stop (their open connections finish), then the
@@ -372,11 +425,15 @@ impl Runtime {
             let Some(store) = self.sets.get(&plan.set).map(|s| s.store.clone()) else {
                 continue;
             };
-            // A watch started by a change begins after what is served: the app has that.
-            let acted = if initial {
-                0
-            } else {
-                store.load().map_or(0, |p| p.generation)
+            // A watch started by a change begins after what is served (the app has that), unless
+            // its set was replaced by one that serves other credentials.
+            let start = match store.load() {
+                _ if initial => actions::Start::Startup,
+                None => actions::Start::After(0),
+                Some(p) => match served_before.get(&plan.set) {
+                    Some(before) if *before != p.bundle.content_hash() => actions::Start::Replaced,
+                    _ => actions::Start::After(p.generation),
+                },
             };
             let cancel = self.cancel.child_token();
             self.spawn_with(
@@ -387,7 +444,7 @@ impl Runtime {
                     plan.actions,
                     plan.pacing,
                     self.metrics.clone(),
-                    acted,
+                    start,
                     cancel.clone(),
                 ),
             );
@@ -403,11 +460,10 @@ impl Runtime {
         Ok(())
     }
 
-    fn start_set(&mut self, plan: &SetPlan) {
+    /// Starts watching and reloading a set into `store` (which may already serve what its files
+    /// hold).
+    fn start_set(&mut self, plan: &SetPlan, store: Arc<Store>) {
         let name = plan.set.name.clone();
-        let store = Store::new(name.clone());
-        // Every series of the set at zero, so rate() and increase() work from the start.
-        self.metrics.init_set(&name);
         let cancel = self.cancel.child_token();
         let (tx, rx) = mpsc::channel(1);
         let watch_cfg = WatchConfig {
@@ -455,7 +511,7 @@ impl Runtime {
         let (stop, cancel) = (CancellationToken::new(), self.cancel.child_token());
         let (handover, socket_back) = oneshot::channel();
         let tracker = TaskTracker::new();
-        let stats;
+        let (stats, follow): (_, Follow);
         match plan.role {
             Role::Server { allow } => {
                 let shared = Shared::new(
@@ -465,12 +521,9 @@ impl Runtime {
                     HandshakeFailure::INBOUND,
                 );
                 stats = shared.stats.clone();
-                let handler = Inbound::new(shared, allow);
-                self.spawn_with(
-                    "tls config",
-                    cancel.clone(),
-                    handler.follow(store, cancel.clone()),
-                );
+                let handler = Arc::new(Inbound::new(shared, allow));
+                let h = handler.clone();
+                follow = Arc::new(move |store, cancel| Box::pin(h.follow(store, cancel)));
                 self.serve(handler, socket, &stop, handover, &tracker);
             }
             Role::Client { remote, pins } => {
@@ -481,23 +534,29 @@ impl Runtime {
                     HandshakeFailure::OUTBOUND,
                 );
                 stats = shared.stats.clone();
-                let handler = Outbound::new(shared, remote, pins);
-                self.spawn_with(
-                    "tls config",
-                    cancel.clone(),
-                    handler.follow(store, cancel.clone()),
-                );
+                let handler = Arc::new(Outbound::new(shared, remote, pins));
+                let h = handler.clone();
+                follow = Arc::new(move |store, cancel| h.follow(store, cancel));
                 self.serve(handler, socket, &stop, handover, &tracker);
             }
         }
+        let following = cancel.child_token();
+        self.spawn_with(
+            "tls config",
+            following.clone(),
+            follow(store, following.clone()),
+        );
         self.listeners.insert(
             name,
             ListenerRun {
                 fingerprint: plan.fingerprint,
                 listen,
+                set: plan.set,
                 stats,
                 stop,
                 socket: socket_back,
+                follow,
+                following,
                 cancel,
                 tracker,
             },
@@ -505,16 +564,34 @@ impl Runtime {
         Ok(())
     }
 
+    /// A set was replaced: its running listeners take their credentials from `store` from now
+    /// on (open connections keep theirs, as at a rotation).
+    fn refollow(&mut self, set: &str, store: &Arc<Store>) {
+        let mut started = Vec::new();
+        for run in self.listeners.values_mut().filter(|run| run.set == set) {
+            run.following.cancel();
+            run.following = run.cancel.child_token();
+            started.push((run.follow.clone(), run.following.clone()));
+        }
+        for (follow, following) in started {
+            self.spawn_with(
+                "tls config",
+                following.clone(),
+                follow(store.clone(), following),
+            );
+        }
+    }
+
     fn serve<H: Handler>(
         &mut self,
-        handler: H,
+        handler: Arc<H>,
         socket: TcpListener,
         stop: &CancellationToken,
         handover: oneshot::Sender<TcpListener>,
         tracker: &TaskTracker,
     ) {
         let (stop, tracker) = (stop.clone(), tracker.clone());
-        let accept = listener::serve(socket, Arc::new(handler), stop.clone(), tracker);
+        let accept = listener::serve(socket, handler, stop.clone(), tracker);
         self.spawn_with("accept loop", stop, async move {
             // Nobody waiting for it: the socket closes here.
             let _ = handover.send(accept.await);
@@ -586,6 +663,9 @@ impl Runtime {
             Err(_) => {}
         }
         if let Err(e) = self.apply(config, false).await {
+            // What was wrong is outside the file (a port in use, credentials not there yet):
+            // the same text is tried again at the next event or poll.
+            file.seen = [0; 32];
             return refuse(self, format!("{e:#}"));
         }
         file.raw = raw;

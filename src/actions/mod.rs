@@ -103,15 +103,24 @@ pub struct Pacing {
     pub min_interval: Duration,
 }
 
-/// Runs `actions` for every generation of `store` after `acted` until `cancel` (`acted` is 0
-/// at start-up; a runner started by a configuration change begins after what is served, which
-/// the app already has).
+/// Where a watch's actions begin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// At start-up: the app started with the set's first bundle.
+    Startup,
+    /// Added by a configuration change: the app already has this generation of the set.
+    After(u64),
+    /// Its set was replaced by one serving other credentials: act on what it serves.
+    Replaced,
+}
+
+/// Runs `actions` for every generation of `store` after where it `start`s, until `cancel`.
 pub async fn run(
     store: Arc<Store>,
     actions: Vec<Action>,
     pacing: Pacing,
     metrics: Arc<Metrics>,
-    acted: u64,
+    start: Start,
     cancel: CancellationToken,
 ) {
     // Every series at zero, so rate() and increase() work from the start.
@@ -132,7 +141,10 @@ pub async fn run(
         }
     }
     let mut generations = store.subscribe();
-    let mut last_acted = acted;
+    let mut last_acted = match start {
+        Start::Startup | Start::Replaced => 0,
+        Start::After(generation) => generation,
+    };
     let mut last_run: Option<Instant> = None;
     loop {
         // Look before waiting: a publish may have happened before this task subscribed.
@@ -160,7 +172,7 @@ pub async fn run(
         last_acted = published.generation;
         // The app started with the first bundle's files: only staging runs for it (the app may
         // read the staged copy), unless --act-on-start.
-        let first = published.generation == 1 && !pacing.act_on_start;
+        let first = start == Start::Startup && published.generation == 1 && !pacing.act_on_start;
         let due: Vec<&Action> = actions.iter().filter(|a| !first || a.is_stage()).collect();
         // Only a run that signals, executes or posts starts the --min-interval window.
         if due.iter().any(|a| !a.is_stage()) {
@@ -320,7 +332,7 @@ mod tests {
                 actions,
                 pacing,
                 self.metrics.clone(),
-                0,
+                Start::Startup,
                 self.cancel.clone(),
             )));
         }

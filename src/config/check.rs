@@ -134,7 +134,7 @@ impl Checker<'_> {
         let mut listeners = Vec::new();
         for (i, l) in raw.listeners.iter().enumerate() {
             let key = format!("listeners[{i}]");
-            if let Some(plan) = self.listener(&key, l, &known, &sets) {
+            if let Some(plan) = self.listener(&key, l, &known) {
                 listeners.push(plan);
             }
         }
@@ -284,13 +284,7 @@ impl Checker<'_> {
         }
     }
 
-    fn listener(
-        &mut self,
-        key: &str,
-        l: &RawListener,
-        known: &[&str],
-        sets: &[SetPlan],
-    ) -> Option<ListenerPlan> {
+    fn listener(&mut self, key: &str, l: &RawListener, known: &[&str]) -> Option<ListenerPlan> {
         let errors_before = self.errors.len();
         if l.name.trim().is_empty() {
             self.err(
@@ -414,10 +408,8 @@ impl Checker<'_> {
         if self.errors.len() > errors_before {
             return None;
         }
-        let set_fp = sets
-            .iter()
-            .find(|s| s.set.name == l.credentials)
-            .map_or("", |s| s.fingerprint.as_str());
+        // The set is named, not fingerprinted: a replaced set's listeners keep running and
+        // follow its new store.
         Some(ListenerPlan {
             set: l.credentials.clone(),
             cfg: ListenerConfig {
@@ -436,7 +428,7 @@ impl Checker<'_> {
             role: role?,
             limits_chosen: l.max_connections.is_some()
                 || (protocol == Protocol::Http && l.max_upstream_connections.is_some()),
-            fingerprint: format!("{}|{set_fp}", json(l)),
+            fingerprint: json(l),
         })
     }
 

@@ -87,38 +87,57 @@ pub struct RawListener {
     /// tcp or http.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// Lowest TLS version accepted (server) or offered (client): 1.2 or 1.3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_tls: Option<String>,
+    /// Longest time a TLS handshake may take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<String>,
+    /// Longest time to connect to the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<String>,
+    /// A connection with no traffic for this long is closed; also the longest wait for an
+    /// upstream response (then 504).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// Open connections at most; more wait in the listen backlog.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// http: upstream connections open at most; a request that finds them all busy waits up
+    /// to connect-timeout for one, then gets 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_upstream_connections: Option<usize>,
+    /// Close connections gracefully once this old, so clients re-handshake with current
+    /// credentials (`0`: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connection_age: Option<String>,
-    // server
+    /// server: allow every client with a certificate that chains to the CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_all: Option<bool>,
+    /// server: allow clients with one of these subject CNs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_cn: Vec<String>,
+    /// server: allow clients with one of these subject OUs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_ou: Vec<String>,
+    /// server: allow clients with one of these DNS SANs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_dns: Vec<String>,
+    /// server: allow clients with one of these URI SANs; a trailing `/*` matches one segment,
+    /// `/**` any suffix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_uri: Vec<String>,
-    // client
+    /// client: allow a listen address that is not loopback (anyone who reaches it talks as us).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsafe_listen: Option<bool>,
+    /// client: SNI and the name the server certificate must be valid for [default: the target
+    /// host].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// client: the server certificate must also carry these DNS SANs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verify_dns: Vec<String>,
+    /// client: the server certificate must also carry these URI SANs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verify_uri: Vec<String>,
 }
@@ -130,29 +149,46 @@ pub struct RawWatch {
     /// The set whose changes it acts on.
     #[serde(default)]
     pub credentials: String,
+    /// Write each validated triple into this directory with kubelet's atomic `..data` swap
+    /// (tls.crt, tls.key 0640, ca.crt) for the app to read, before any signal or program runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_dir: Option<PathBuf>,
+    /// Signal sent to the target (pid-file, process-name or pid) after each validated change:
+    /// HUP, USR1, USR2, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
+    /// Signal the PID in this file (e.g. /var/run/nginx.pid on a shared volume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<PathBuf>,
+    /// Signal processes with this name (/proc/*/comm) whose parent has another name: nginx's
+    /// master, not its workers. Needs `shareProcessNamespace: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_name: Option<String>,
+    /// Signal this PID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i64>,
     /// A program and its arguments (no shell): what `watch -- PROGRAM [ARGS..]` runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exec: Vec<String>,
+    /// POST the new credentials' facts as JSON to this http:// or https:// URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
+    /// CA bundle an https:// webhook must chain to [default: the system trust store].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_ca: Option<PathBuf>,
+    /// After the other actions, handshake with the app here (host:port) until it serves the
+    /// new certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_addr: Option<String>,
+    /// How long verify-addr waits for the app to serve the new certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_timeout: Option<String>,
+    /// Act on the first valid bundle at start-up too (by default the app is assumed to have
+    /// started with those files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act_on_start: Option<bool>,
+    /// At most one run of the actions per interval; changes inside it coalesce into one run for
+    /// the newest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_interval: Option<String>,
 }

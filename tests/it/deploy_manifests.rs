@@ -3,8 +3,12 @@
 //! that runs `/mtls-sidecar`) must name a real subcommand and only flags that subcommand's
 //! `--help` lists; every `MTLS_SIDECAR_*` environment variable must be one the subcommand reads;
 //! and the binary must accept the command line for real (a dry run with addresses and paths moved
-//! into a temp dir). No credential volume may be mounted with `subPath` (kubelet never updates
-//! such a mount), and the alerts may only use documented metric names.
+//! into a temp dir). A `run --config FILE` command line is checked with its file: FILE must be a
+//! key of a ConfigMap of the same kustomization (its configMapGenerator, or the rendered
+//! ConfigMap) that the container mounts whole at FILE's directory, and `run --config FILE
+//! --check`, then the dry run, must accept the file with its addresses and paths moved the same
+//! way. No credential volume may be mounted with `subPath` (kubelet never updates such a mount),
+//! and the alerts may only use documented metric names.
 //!
 //! The YAML files are checked as written and, when a kubectl with kustomize v5 is available
 //! (`$KUBECTL`, `kubectl` on PATH, or the one `.ci/validate-deploy` installs), as rendered by
@@ -25,7 +29,12 @@ use crate::support::bin;
 const DRY_RUN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The subcommands that run until stopped (the others run once).
-const LONG_RUNNING: &[&str] = &["server", "client", "watch"];
+const LONG_RUNNING: &[&str] = &["server", "client", "watch", "run"];
+
+/// Keys of a `run --config` file that name a file or directory, per set and per watch entry
+/// (src/config/raw.rs): the dry run moves them like path flags.
+const SET_PATH_KEYS: &[&str] = &["cert-dir", "cert", "key", "ca", "peer-ca"];
+const WATCH_PATH_KEYS: &[&str] = &["stage-dir", "pid-file", "webhook-ca"];
 
 pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -33,11 +42,13 @@ pub(crate) fn repo() -> PathBuf {
 
 // === The manifests ===
 
-/// One YAML document: the file it is in (relative to the repository), where exactly it came
-/// from (for messages), and its content.
+/// One YAML document: the file it is in (relative to the repository; for a rendered document,
+/// its kustomization.yaml), where exactly it came from (for messages), whether `kubectl
+/// kustomize` rendered it, and its content.
 pub(crate) struct Doc {
     pub(crate) file: PathBuf,
     pub(crate) origin: String,
+    pub(crate) rendered: bool,
     pub(crate) value: Value,
 }
 
@@ -59,7 +70,7 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn parse_stream(text: &str, file: &Path, origin: &str) -> Vec<Doc> {
+fn parse_stream(text: &str, file: &Path, origin: &str, rendered: bool) -> Vec<Doc> {
     let values: Vec<Value> = serde_saphyr::from_multiple(text)
         .unwrap_or_else(|e| panic!("{origin} is not valid YAML: {e}"));
     values
@@ -69,6 +80,7 @@ fn parse_stream(text: &str, file: &Path, origin: &str) -> Vec<Doc> {
         .map(|(i, value)| Doc {
             file: file.to_path_buf(),
             origin: format!("{origin} (document {})", i + 1),
+            rendered,
             value,
         })
         .collect()
@@ -88,7 +100,7 @@ pub(crate) fn source_docs() -> &'static [Doc] {
                 let text = fs::read_to_string(path)
                     .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
                 let file = path.strip_prefix(&root).unwrap_or(path);
-                parse_stream(&text, file, &file.display().to_string())
+                parse_stream(&text, file, &file.display().to_string(), false)
             })
             .collect()
     })
@@ -176,6 +188,7 @@ fn rendered_docs() -> Option<&'static [Doc]> {
                 &String::from_utf8_lossy(&out.stdout),
                 &doc.file,
                 &origin,
+                true,
             ));
         }
         Some(docs)
@@ -249,14 +262,18 @@ pub(crate) fn strings(v: &Value) -> Vec<String> {
 /// `MTLS_SIDECAR_*` variables of a container: name, and value (`None` when set by `valueFrom`).
 type Env = Vec<(String, Option<String>)>;
 
-/// A command line of ours found in a manifest: the arguments after the binary, and the
-/// `MTLS_SIDECAR_*` environment it gets.
+/// A command line of ours found in a manifest: the arguments after the binary, the
+/// `MTLS_SIDECAR_*` environment it gets, and the files of the ConfigMaps its container mounts.
 #[derive(Clone, Debug)]
 struct CommandLine {
     origin: String,
     argv: Vec<String>,
     env: Env,
+    files: Files,
 }
+
+/// Path in the container -> text: every file of the ConfigMap volumes a container mounts whole.
+type Files = BTreeMap<String, String>;
 
 fn is_our_binary(program: &str) -> bool {
     Path::new(program).file_name().and_then(|n| n.to_str()) == Some("mtls-sidecar")
@@ -279,19 +296,108 @@ fn exec_command_lines(container: &Value, at: &str, out: &mut Vec<CommandLine>) {
                     origin: format!("{at} {name}"),
                     argv: rest.to_vec(),
                     env: Vec::new(),
+                    files: Files::new(),
                 });
             }
         }
     }
 }
 
+/// The files (key -> text) of ConfigMap `name` as the kustomization of `doc` makes it: a
+/// ConfigMap of the same render (for a rendered `doc`) or of the same directory (as written),
+/// else, as written, the configMapGenerator of the kustomization.yaml next to `doc`, read from
+/// that directory.
+fn config_map_files(doc: &Doc, docs: &[&Doc], name: &str) -> Option<BTreeMap<String, String>> {
+    let dir = doc.file.parent()?;
+    let same_kustomization = |d: &Doc| {
+        d.rendered == doc.rendered
+            && if doc.rendered {
+                d.file == doc.file
+            } else {
+                d.file.parent() == Some(dir)
+            }
+    };
+    let found = docs.iter().find(|d| {
+        same_kustomization(d)
+            && d.value["kind"] == "ConfigMap"
+            && d.value["metadata"]["name"] == name
+    });
+    if let Some(config_map) = found {
+        let data = config_map.value["data"].as_object()?;
+        return Some(
+            data.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect(),
+        );
+    }
+    if doc.rendered {
+        return None;
+    }
+    let kustomization = docs
+        .iter()
+        .find(|d| same_kustomization(d) && d.value["kind"] == "Kustomization")?;
+    let generator = kustomization.value["configMapGenerator"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == name)?;
+    Some(
+        strings(&generator["files"])
+            .into_iter()
+            .map(|entry| {
+                let (key, file) = entry.split_once('=').unwrap_or((&entry, &entry));
+                let path = repo().join(dir).join(file);
+                let text = fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+                (key.to_string(), text)
+            })
+            .collect(),
+    )
+}
+
+/// Every file container `c` of `pod` (in `doc`) sees from a ConfigMap volume it mounts whole,
+/// by its path in the container. A subPath mount is the other test's to report.
+fn mounted_files(doc: &Doc, docs: &[&Doc], pod: &Value, c: &Value) -> Files {
+    let mut files = Files::new();
+    for mount in c["volumeMounts"].as_array().into_iter().flatten() {
+        let (Some(at), Some(volume)) = (mount["mountPath"].as_str(), mount["name"].as_str()) else {
+            continue;
+        };
+        if mount.get("subPath").is_some() || mount.get("subPathExpr").is_some() {
+            continue;
+        }
+        let source = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == volume)
+            .map(|v| &v["configMap"]);
+        let Some(name) = source.and_then(|s| s["name"].as_str()) else {
+            continue;
+        };
+        let items = source.and_then(|s| s["items"].as_array());
+        for (key, text) in config_map_files(doc, docs, name).unwrap_or_default() {
+            // With `items`, only the listed keys appear, each at its `path`.
+            let rel = match items {
+                None => key,
+                Some(items) => match items.iter().find(|i| i["key"] == key.as_str()) {
+                    Some(item) => item["path"].as_str().unwrap_or(&key).to_string(),
+                    None => continue,
+                },
+            };
+            files.insert(format!("{}/{rel}", at.trim_end_matches('/')), text);
+        }
+    }
+    files
+}
+
 /// Every command line of ours in `docs`; and problems: an `MTLS_SIDECAR_*` variable set on a
 /// container that is not ours (only our binary reads them), a `command` that replaces our
 /// entrypoint with another program.
 fn command_lines<'a>(docs: impl Iterator<Item = &'a Doc>) -> (Vec<CommandLine>, Vec<String>) {
+    let docs: Vec<&Doc> = docs.collect();
     let mut lines = Vec::new();
     let mut problems = Vec::new();
-    for doc in docs {
+    for &doc in &docs {
         let mut pods = Vec::new();
         pod_specs(&doc.value, &mut pods);
         for pod in pods {
@@ -342,6 +448,7 @@ fn command_lines<'a>(docs: impl Iterator<Item = &'a Doc>) -> (Vec<CommandLine>, 
                     origin: at,
                     argv,
                     env,
+                    files: mounted_files(doc, &docs, pod, c),
                 });
             }
         }
@@ -556,22 +663,155 @@ impl Drop for Running {
     }
 }
 
-/// `arg` with an absolute path moved under `root`, so a dry run never touches the real paths.
+/// `arg` with an absolute path (also a `unix:` one) moved under `root`, so a dry run never
+/// touches the real paths.
 fn relocate(value: &str, root: &Path) -> String {
+    if let Some(path) = value.strip_prefix("unix:") {
+        return format!("unix:{}", relocate(path, root));
+    }
     match value.strip_prefix('/') {
         Some(rel) => root.join(rel).display().to_string(),
         None => value.to_string(),
     }
 }
 
+/// A listening address for a dry run: a free port on loopback; a client listener keeps its host
+/// (so its loopback rule still applies).
+fn dry_run_listen(addr: &str, client: bool) -> String {
+    let host = match addr.rsplit_once(':') {
+        Some((host, _)) if client => host,
+        _ => "127.0.0.1",
+    };
+    format!("{host}:0")
+}
+
+/// A `run --config` file moved out of the way as `dry_run` moves flags: the admin endpoint to
+/// `127.0.0.1:0`, each listener to a free port (a server listener without `listen` too, which
+/// would bind 0.0.0.0:8443), every path of a set or watch entry under `root`.
+fn relocate_config(config: &mut Value, root: &Path) {
+    let move_paths = |entry: &mut Value, keys: &[&str]| {
+        for key in keys {
+            if let Some(path) = entry.get_mut(*key) {
+                if let Some(s) = path.as_str() {
+                    *path = Value::String(relocate(s, root));
+                }
+            }
+        }
+    };
+    config["admin-listen"] = "127.0.0.1:0".into();
+    for set in config
+        .get_mut("sets")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|m| m.values_mut())
+    {
+        move_paths(set, SET_PATH_KEYS);
+    }
+    for l in config
+        .get_mut("listeners")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let client = l["kind"] == "client";
+        let listen = dry_run_listen(l["listen"].as_str().unwrap_or(""), client);
+        if !client || l.get("listen").is_some() {
+            l["listen"] = listen.into();
+        }
+        move_paths(l, &["target"]);
+    }
+    for w in config
+        .get_mut("watch")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        move_paths(w, WATCH_PATH_KEYS);
+    }
+}
+
+/// For `run`: the file its `--config` (or `MTLS_SIDECAR_CONFIG`) names must be one the container
+/// mounts from a ConfigMap of its kustomization. Moved out of the way (`relocate_config`), it
+/// is written where the dry run's relocated `--config` points, and `run --config FILE --check`
+/// must accept it.
+fn prepare_run_config(line: &CommandLine, root: &Path) -> Result<(), String> {
+    let path = config_flag(&line.argv)
+        .or_else(|| {
+            line.env
+                .iter()
+                .find(|(name, _)| name == "MTLS_SIDECAR_CONFIG")
+                .and_then(|(_, v)| v.clone())
+        })
+        .ok_or_else(|| format!("{}: `run` without --config", line.origin))?;
+    let text = line.files.get(&path).ok_or_else(|| {
+        format!(
+            "{}: --config {path}: no ConfigMap of this kustomization (configMapGenerator) is \
+             mounted with that file; the container's ConfigMap files: {:?}",
+            line.origin,
+            line.files.keys()
+        )
+    })?;
+    let mut config: Value = serde_saphyr::from_str(text)
+        .map_err(|e| format!("{}: --config {path} is not YAML: {e}", line.origin))?;
+    if !config.is_object() {
+        return Err(format!("{}: --config {path} is no mapping", line.origin));
+    }
+    relocate_config(&mut config, root);
+    let file = PathBuf::from(relocate(&path, root));
+    fs::create_dir_all(file.parent().expect("an absolute path has a parent")).expect("mkdir");
+    let yaml = serde_saphyr::to_string(&config).expect("a JSON value is YAML");
+    fs::write(&file, &yaml).expect("write the config file");
+    let mut check = Command::new(bin());
+    check
+        .args(["run", "--config"])
+        .arg(&file)
+        .arg("--check")
+        .env_remove("RUST_LOG");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
+            check.env_remove(key);
+        }
+    }
+    let out = check.output().expect("run mtls-sidecar run --check");
+    if !out.status.success() {
+        return Err(format!(
+            "{}: `mtls-sidecar run --config {path} --check` failed ({}) on the file, \
+             moved:\n{yaml}\n{}{}",
+            line.origin,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// The value of `--config` in `argv`.
+fn config_flag(argv: &[String]) -> Option<String> {
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(v.to_string());
+        }
+        if a == "--config" {
+            return it.next().cloned();
+        }
+    }
+    None
+}
+
 /// Runs `line` for real, moved out of the way: listeners get a free port on loopback (`client`
 /// keeps its host, so its loopback rule still applies), the admin endpoint moves to
 /// `127.0.0.1:0`, absolute paths move into a temp dir (where the credentials do not exist, which
-/// is not an error: the sidecar waits for them). A long-running subcommand passes once its admin
-/// endpoint listens; `check` passes when it exits 0 (valid) or 1 (invalid), not 2 (usage).
+/// is not an error: the sidecar waits for them); `run` gets its config file, moved the same way
+/// (`prepare_run_config`). A long-running subcommand passes once its admin endpoint listens;
+/// `check` passes when it exits 0 (valid) or 1 (invalid), not 2 (usage).
 fn dry_run(line: &CommandLine, sub: &str) -> Result<(), String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root");
+    if sub == "run" {
+        prepare_run_config(line, &root)?;
+    }
     let mut argv: Vec<String> = Vec::new();
     let mut tokens = line.argv.iter();
     let mut program_args = false;
@@ -605,11 +845,7 @@ fn dry_run(line: &CommandLine, sub: &str) -> Result<(), String> {
             // Ours, below.
             ("--admin-listen" | "--log-format", _) => {}
             ("--listen", Some(v)) => {
-                let host = match v.rsplit_once(':') {
-                    Some((host, _)) if sub == "client" => host,
-                    _ => "127.0.0.1",
-                };
-                argv.extend(["--listen".into(), format!("{host}:0")]);
+                argv.extend(["--listen".into(), dry_run_listen(&v, sub == "client")]);
             }
             (_, Some(v)) => argv.extend([flag.clone(), relocate(&v, &root)]),
             (_, None) => argv.push(flag.clone()),
@@ -618,7 +854,8 @@ fn dry_run(line: &CommandLine, sub: &str) -> Result<(), String> {
     // The subcommand comes first in argv (checked before); our options go right after it.
     let at = argv.iter().position(|a| a == sub).map_or(0, |i| i + 1);
     let mut extra = vec!["--log-format".to_string(), "json".to_string()];
-    if sub != "check" {
+    // `run` has no --admin-listen: its file says where (moved to 127.0.0.1:0 above).
+    if !matches!(sub, "check" | "run") {
         extra.extend(["--admin-listen".to_string(), "127.0.0.1:0".to_string()]);
     }
     argv.splice(at..at, extra);
@@ -697,7 +934,7 @@ fn every_flag_in_the_manifests_is_a_flag_of_the_binary() {
         }
     }
     // Guards against a walk that silently finds nothing.
-    for sub in ["check", "server", "client", "watch"] {
+    for sub in ["check", "server", "client", "watch", "run"] {
         if !seen.contains(sub) {
             problems.push(format!(
                 "no manifest under deploy/ runs `mtls-sidecar {sub}`"
@@ -711,10 +948,10 @@ fn every_flag_in_the_manifests_is_a_flag_of_the_binary() {
 fn every_command_line_in_the_manifests_is_accepted_by_the_binary() {
     let (lines, _) = command_lines(all_docs());
     // The rendered copies repeat the written ones: run each distinct command line once.
-    let mut distinct: BTreeMap<(Vec<String>, Env), &CommandLine> = BTreeMap::new();
+    let mut distinct: BTreeMap<(Vec<String>, Env, Files), &CommandLine> = BTreeMap::new();
     for line in &lines {
         distinct
-            .entry((line.argv.clone(), line.env.clone()))
+            .entry((line.argv.clone(), line.env.clone(), line.files.clone()))
             .or_insert(line);
     }
     let mut problems = Vec::new();

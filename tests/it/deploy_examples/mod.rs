@@ -1,9 +1,9 @@
 //! The shipped examples under `deploy/examples/`, run for real on this machine the way the
-//! README's walkthrough uses them (steps 6 to 9), so a broken example config or manifest argument
-//! fails here and not in a cluster. There is no Kubernetes here: a pod is emulated by running its
-//! containers' processes side by side on 127.0.0.1, each with the command line its manifest gives
-//! (read from the YAML as `deploy_manifests` parses it) and the config files its kustomization
-//! generates, moving only what has to move:
+//! README's walkthrough uses them (steps 6 to 9, and the bidirectional service), so a broken
+//! example config or manifest argument fails here and not in a cluster. There is no Kubernetes
+//! here: a pod is emulated by running its containers' processes side by side on 127.0.0.1, each
+//! with the command line its manifest gives (read from the YAML as `deploy_manifests` parses it)
+//! and the config files its kustomization generates, moving only what has to move:
 //!
 //! - Volumes become temp dirs. A Secret holds a leaf that `TestPki`'s root issues for the
 //!   `Certificate` of `deploy/` with that `secretName` (its CN, DNS names, O, OU and usages: the
@@ -20,6 +20,10 @@
 //! - Our admin endpoint moves to `127.0.0.1:0` (`Sidecar` sets `--admin-listen` and
 //!   `--log-format json`); the test runs kubelet's probes against it, after checking that they
 //!   name the port `--admin-listen` binds.
+//! - A `run --config` file (from the kustomization's configMapGenerator, mounted where `--config`
+//!   points) moves key by key as flags do: `admin-listen` to `127.0.0.1:0` (the probes must name
+//!   the port the file gives), listener and watch addresses through the pod's ports and cluster
+//!   DNS, set and watch paths through the sidecar's own mounts.
 //! - nginx gets `-e stderr`: the image's compiled-in error log is a link to stderr, and this
 //!   machine's should stay untouched.
 //! - Users: when the test runs as root (as CI does), every process runs as its container's
@@ -32,11 +36,13 @@
 //! Every test stops every process it started, also when it fails, and checks that none is
 //! left. Nothing is timed: conditions are waited for, within `WAIT`.
 //!
-//! - `terminate_legacy_app`, `nginx_reload`, `outbound_client`: one file per example, its tests
+//! - `terminate_legacy_app`, `nginx_reload`, `outbound_client`, `bidirectional`: one file per
+//!   example, its tests
 //! - `manifests`: the examples as written; `pod`: one pod here (volumes, Service, logs);
-//!   `relocate`: paths, ports and nginx configs moved here; `run`: containers run as kubelet
-//!   would (command lines, init containers, probes, users)
+//!   `relocate`: paths, ports, nginx configs and `run --config` files moved here; `run`:
+//!   containers run as kubelet would (command lines, init containers, probes, users)
 
+mod bidirectional;
 mod manifests;
 mod nginx_reload;
 mod outbound_client;
@@ -88,9 +94,20 @@ fn client_files(dir: &Path, leaf: &Leaf, ca_pem: &str) -> PathBuf {
 /// `--resolve` sending the Service's name to the pod's port here (behind Service port 443, the
 /// URL's); then `extra`.
 fn walkthrough_curl(dir: &Path, svc: &Service, with_cert: bool, extra: &[&str]) -> CurlResult {
+    walkthrough_curl_path(dir, svc, "/", with_cert, extra)
+}
+
+/// `walkthrough_curl` for `https://SERVICE{path}`.
+fn walkthrough_curl_path(
+    dir: &Path,
+    svc: &Service,
+    path: &str,
+    with_cert: bool,
+    extra: &[&str],
+) -> CurlResult {
     let port = svc.port(443);
     let resolve = format!("{}:{port}:127.0.0.1", svc.host);
-    let url = format!("https://{}:{port}/", svc.host);
+    let url = format!("https://{}:{port}{path}", svc.host);
     let mut args = vec!["--cacert", "ca.crt", "--resolve", &resolve];
     if with_cert {
         args.extend(["--cert", "client.crt", "--key", "client.key"]);

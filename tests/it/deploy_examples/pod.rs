@@ -10,6 +10,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use super::manifests::{ca_bundle_key, certificate_spec, Example};
+use crate::deploy_manifests::is_ours;
 use crate::support::fixture::tls_files;
 use crate::support::kubelet::KubeletVolume;
 use crate::support::pki::{Leaf, TestPki};
@@ -58,6 +59,12 @@ impl Pod {
     /// The pod of `ex` with its volumes filled: Secrets issued by `pki.root` for the
     /// Certificates of `deploy/`, the CA bundle, the generated ConfigMaps (relocated).
     pub(super) fn new(ex: Example, pki: &TestPki) -> Pod {
+        Self::calling(ex, pki, &[])
+    }
+
+    /// `new`, for a pod whose generated configs dial the Services of `others` (cluster DNS
+    /// resolves them before the configs are relocated, see `resolve_service_of`).
+    pub(super) fn calling(ex: Example, pki: &TestPki, others: &[&Pod]) -> Pod {
         let dir = tempfile::tempdir().expect("tempdir for the pod");
         // Reachable for the containers' users, as a pod's volumes are.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod pod");
@@ -72,6 +79,9 @@ impl Pod {
             cluster_dns: BTreeMap::new(),
             dir,
         };
+        for other in others {
+            pod.resolve_service_of(other);
+        }
         let volumes = pod.ex.pod()["volumes"].as_array().expect("pod volumes");
         for v in volumes {
             let name = v["name"].as_str().expect("volume name").to_string();
@@ -112,7 +122,8 @@ impl Pod {
     }
 
     /// The files of generated ConfigMap `config_map` (volume `volume`), relocated for the one
-    /// container that mounts it.
+    /// container that mounts it: nginx configs (`*.conf`), and our sidecar's `run --config`
+    /// files (`*.yaml`).
     pub(super) fn generated_config_map(
         &self,
         volume: &str,
@@ -139,13 +150,18 @@ impl Pod {
         files
             .into_iter()
             .map(|(key, text)| {
-                assert!(
-                    key.ends_with(".conf"),
-                    "{}: ConfigMap {config_map}: only nginx configs are relocated here, not {key}",
-                    self.ex.name
-                );
                 let origin = format!("deploy/examples/{}/{key}", self.ex.name);
-                let text = self.relocate_nginx_conf(user, &text, &origin);
+                let text = if key.ends_with(".conf") {
+                    self.relocate_nginx_conf(user, &text, &origin)
+                } else if (key.ends_with(".yaml") || key.ends_with(".yml")) && is_ours(user) {
+                    self.relocate_sidecar_config(user, &text, &origin)
+                } else {
+                    panic!(
+                        "{}: ConfigMap {config_map}: only nginx configs and our sidecar's config \
+                         files are relocated here, not {key}",
+                        self.ex.name
+                    );
+                };
                 (key, text)
             })
             .collect()

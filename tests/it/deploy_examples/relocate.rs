@@ -1,7 +1,9 @@
 //! Moving what a container uses to this machine: paths through its volumeMounts, ports to free
-//! ports on 127.0.0.1, Service names to the pod behind them, and nginx configs line by line.
+//! ports on 127.0.0.1, Service names to the pod behind them, nginx configs line by line, and our
+//! `run --config` files key by key.
 
 use std::fs;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -53,6 +55,16 @@ const NGINX_PATH_DIRECTIVES: &[&str] = &[
     "root",
     "alias",
 ];
+
+/// Keys of a `run --config` file that name a file or directory (src/config/raw.rs), per set and
+/// per watch entry.
+const CONFIG_SET_PATHS: &[&str] = &["cert-dir", "cert", "key", "ca", "peer-ca"];
+const CONFIG_WATCH_PATHS: &[&str] = &["stage-dir", "pid-file", "webhook-ca"];
+/// Keys of a `run --config` file that name an address or a URL: per listener, per watch entry.
+const CONFIG_LISTENER_ADDRS: &[&str] = &["listen", "target"];
+const CONFIG_WATCH_ADDRS: &[&str] = &["verify-addr", "webhook"];
+/// Where a server listener without `listen` listens (src/config/defaults.rs).
+const SERVER_LISTEN_DEFAULT: &str = "0.0.0.0:8443";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -139,11 +151,14 @@ impl Pod {
         path
     }
 
-    /// One command-line value of container `c`, here: an absolute path, a URL or a
-    /// `host:port`, relocated; anything else as is.
+    /// One command-line value of container `c`, here: an absolute path (also a `unix:` one), a
+    /// URL or a `host:port`, relocated; anything else as is.
     fn relocate_value(&self, c: &Value, value: &str) -> String {
         if value.starts_with('/') {
             return self.path(c, value);
+        }
+        if let Some(path) = value.strip_prefix("unix:") {
+            return format!("unix:{}", self.path(c, path));
         }
         for scheme in ["http://", "https://"] {
             if let Some(rest) = value.strip_prefix(scheme) {
@@ -229,5 +244,95 @@ impl Pod {
             out.push('\n');
         }
         out
+    }
+
+    /// A `run --config` file of our sidecar `c`, here, moved key by key as its flags would be:
+    /// the admin endpoint to `127.0.0.1:0` (where `Sidecar` puts it for the other subcommands);
+    /// each listener's `listen` and `target`, a watch entry's `verify-addr` and `webhook`, through
+    /// the pod's ports and cluster DNS (a server listener without `listen` gets its default,
+    /// moved); every path of a set or watch entry, and a watch entry's `exec` program, through
+    /// `c`'s own mounts. A client listener that dials a Service name, which becomes an address
+    /// here, gets that name as its `server-name` (unless it has one), so the name verified and
+    /// sent as SNI stays the manifest's. Panics if an absolute path is left over (a key missing
+    /// from `CONFIG_SET_PATHS` or `CONFIG_WATCH_PATHS`).
+    pub(super) fn relocate_sidecar_config(&self, c: &Value, text: &str, origin: &str) -> String {
+        let mut config: Value = serde_saphyr::from_str(text)
+            .unwrap_or_else(|e| panic!("{origin}: not a YAML config file: {e}"));
+        assert!(config.is_object(), "{origin}: not a YAML mapping");
+        if config["admin-listen"] != "off" {
+            config["admin-listen"] = "127.0.0.1:0".into();
+        }
+        let relocate = |entry: &mut Value, keys: &[&str], how: &dyn Fn(&str) -> String| {
+            for key in keys {
+                if let Some(v) = entry.get_mut(*key) {
+                    let value = v
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{origin}: {key}: {v} is no string"));
+                    *v = how(value).into();
+                }
+            }
+        };
+        let path = |p: &str| self.path(c, p);
+        let value = |v: &str| self.relocate_value(c, v);
+        let sets = config.get_mut("sets").and_then(Value::as_object_mut);
+        for set in sets.into_iter().flat_map(|m| m.values_mut()) {
+            relocate(set, CONFIG_SET_PATHS, &path);
+        }
+        let listeners = config.get_mut("listeners").and_then(Value::as_array_mut);
+        for l in listeners.into_iter().flatten() {
+            if l["kind"] == "server" && l.get("listen").is_none() {
+                l["listen"] = SERVER_LISTEN_DEFAULT.into();
+            }
+            let target = l["target"].as_str().map(str::to_string);
+            relocate(l, CONFIG_LISTENER_ADDRS, &value);
+            let host = target
+                .as_deref()
+                .and_then(|t| t.rsplit_once(':'))
+                .map(|(h, _)| h);
+            if let Some(host) = host {
+                let named = host.trim_matches(['[', ']']).parse::<IpAddr>().is_err();
+                if l["kind"] == "client" && named && l.get("server-name").is_none() {
+                    l["server-name"] = host.into();
+                }
+            }
+        }
+        let watches = config.get_mut("watch").and_then(Value::as_array_mut);
+        for w in watches.into_iter().flatten() {
+            relocate(w, CONFIG_WATCH_PATHS, &path);
+            relocate(w, CONFIG_WATCH_ADDRS, &value);
+            if let Some(program) = w.get_mut("exec").and_then(|e| e.get_mut(0)) {
+                if let Some(p) = program.as_str().filter(|p| p.starts_with('/')) {
+                    *program = path(p).into();
+                }
+            }
+        }
+        let mut left = Vec::new();
+        absolute_paths(&config, &mut left);
+        let ours = self.dir.path().display().to_string();
+        left.retain(|p| {
+            !p.starts_with(&ours) && !matches!(p.as_str(), "/dev/stdout" | "/dev/stderr")
+        });
+        assert!(
+            left.is_empty(),
+            "{origin}: {left:?} not relocated (a path key missing from CONFIG_SET_PATHS or \
+             CONFIG_WATCH_PATHS?)"
+        );
+        serde_saphyr::to_string(&config)
+            .unwrap_or_else(|e| panic!("{origin}: cannot write the relocated config: {e}"))
+    }
+}
+
+/// Every string in `v` that is an absolute path (also after `unix:`).
+fn absolute_paths(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => {
+            let path = s.strip_prefix("unix:").unwrap_or(s);
+            if path.starts_with('/') {
+                out.push(path.to_string());
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| absolute_paths(i, out)),
+        Value::Object(map) => map.values().for_each(|i| absolute_paths(i, out)),
+        _ => {}
     }
 }

@@ -1,5 +1,5 @@
-//! Running a container's processes as kubelet would: our sidecar's command line, init
-//! containers, probes, nginx, each as the container's user.
+//! Running a container's processes as kubelet would: our sidecar's command line (and its
+//! `run --config` file), init containers, probes, nginx, each as the container's user.
 
 use std::process::Command;
 use std::time::Duration;
@@ -7,13 +7,25 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::manifests::{command_line, flag, port_of};
-use super::pod::Pod;
+use super::pod::{mounts, Pod};
 use super::WAIT;
 use crate::deploy_manifests::{is_ours, strings};
 use crate::support::bin;
 use crate::support::cli_clients::{run_bounded, Ran};
 use crate::support::procs::Reaped;
-use crate::support::sidecar::{wait_until, Sidecar};
+use crate::support::sidecar::{wait_until, Sidecar, INOTIFY_GATE};
+
+/// Where `--admin-listen` and a config file's `admin-listen` default to (src/config/defaults.rs).
+const ADMIN_LISTEN_DEFAULT: &str = "0.0.0.0:9901";
+
+/// Runs `BIN run --log-format json ARGS` for `sh -c SHIM BIN SUBCOMMAND ... -- ARGS`: `Sidecar`
+/// puts `--admin-listen 127.0.0.1:0 --log-format json` after the subcommand, and `run` takes no
+/// `--admin-listen` (its file says where the endpoint listens). It execs, so the sidecar keeps
+/// the wrapper's process (and `Sidecar` kills exactly it).
+const RUN_SHIM: &str = concat!(
+    r#"while [ "$#" -gt 0 ] && [ "$1" != -- ]; do shift; done; shift; "#,
+    r#"exec "$0" run --log-format json "$@""#
+);
 
 impl Pod {
     /// Our sidecar `c`'s command line here: (subcommand, arguments), relocated, without
@@ -39,6 +51,86 @@ impl Pod {
             args.push(a.clone());
         }
         (sub.clone(), args)
+    }
+
+    /// The `run --config` file of our sidecar `c` as written (parsed); None if `c` runs another
+    /// subcommand. The file is a key of the generated ConfigMap whose volume `c` mounts where
+    /// `--config` points; panics if there is none.
+    pub(super) fn sidecar_config(&self, c: &Value) -> Option<Value> {
+        let argv = command_line(c);
+        if argv.first().map(String::as_str) != Some("run") {
+            return None;
+        }
+        let path = flag(&argv, "--config")
+            .unwrap_or_else(|| panic!("{}: `run` without --config", self.ex.name));
+        let (at, volume) = mounts(c)
+            .filter(|(at, _)| path.strip_prefix(at).is_some_and(|r| r.starts_with('/')))
+            .max_by_key(|(at, _)| at.len())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: --config {path}: container {} mounts nothing there",
+                    self.ex.name,
+                    Self::name(c)
+                )
+            });
+        let key = &path[at.len() + 1..];
+        let config_map = self.ex.pod()["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == volume)
+            .and_then(|v| v["configMap"]["name"].as_str())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: --config {path}: volume {volume} is no ConfigMap",
+                    self.ex.name
+                )
+            });
+        let text = self
+            .ex
+            .generated_config_map(config_map)
+            .into_iter()
+            .flatten()
+            .find(|(k, _)| k == key)
+            .map(|(_, text)| text)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: --config {path}: no configMapGenerator makes {config_map} with the \
+                     file {key}",
+                    self.ex.name
+                )
+            });
+        Some(
+            serde_saphyr::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: --config {path} is not YAML: {e}", self.ex.name)),
+        )
+    }
+
+    /// The admin endpoint's address as our sidecar `c`'s manifest gives it: `--admin-listen`,
+    /// or the `admin-listen` of its `run --config` file; else the default.
+    pub(super) fn admin_listen(&self, c: &Value) -> String {
+        let given = match self.sidecar_config(c) {
+            Some(config) => config["admin-listen"].as_str().map(str::to_string),
+            None => flag(&command_line(c), "--admin-listen"),
+        };
+        given.unwrap_or_else(|| ADMIN_LISTEN_DEFAULT.to_string())
+    }
+
+    /// Start our `run --config` sidecar `c` as kubelet would (as its user), its file relocated
+    /// (`relocate_sidecar_config`: the admin endpoint on `127.0.0.1:0`), and wait until it logs
+    /// its admin address. The other subcommands start with `Sidecar` directly.
+    pub(super) fn start_run(&self, c: &Value) -> Sidecar {
+        let (sub, args) = self.sidecar_command(c);
+        assert_eq!(
+            sub, "run",
+            "{}: the sidecar does not run `run`",
+            self.ex.name
+        );
+        let mut wrapper = self.run_as(c);
+        wrapper.extend(["/bin/sh", "-c", RUN_SHIM].map(String::from));
+        let args = std::iter::once("--".to_string()).chain(args);
+        let _gate = INOTIFY_GATE.read().unwrap_or_else(|e| e.into_inner());
+        Sidecar::start_via(&wrapper, "run", args)
     }
 
     /// (UID, GID) container `c` runs as (its `securityContext`, else the pod's), when this test
@@ -118,12 +210,12 @@ impl Pod {
             return;
         }
         if let Some(get) = probe.get("httpGet") {
-            let admin = flag(&command_line(c), "--admin-listen").map_or(9901, |a| port_of(&a));
+            let admin = port_of(&self.admin_listen(c));
             let port = self.container_port(&get["port"]);
             assert_eq!(
                 port,
                 admin,
-                "{}: {} {kind} probes port {port}, but --admin-listen binds {admin}",
+                "{}: {} {kind} probes port {port}, but the admin endpoint binds {admin}",
                 self.ex.name,
                 Self::name(c)
             );
