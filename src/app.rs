@@ -259,19 +259,46 @@ impl Runtime {
     }
 
     /// Makes the running parts those of `config`: unchanged parts keep running, changed or
-    /// removed ones stop (a listener finishes its open connections), new ones start. Every new
-    /// listener's socket is bound first: an address that cannot be bound is an error and nothing
-    /// changed. A changed listener that keeps its address takes over the old one's socket.
+    /// removed ones stop (a listener finishes its open connections), new ones start. What can
+    /// fail happens before anything stops: a new or changed set must load valid credentials
+    /// (except at start-up, where a set waits for its files), and every new listener's socket
+    /// is bound (a changed listener that keeps its address takes over the old one's socket).
+    /// On an error nothing changed.
     async fn apply(&mut self, config: Config, initial: bool) -> anyhow::Result<()> {
         if !initial && config.admin != self.admin_listen {
             warn!("the admin endpoint's address changed in the configuration; it applies after a restart");
         }
         self.grace = config.shutdown_grace;
-        // New and changed sets read and validate their credentials before anything stops: a
-        // set whose files hold no valid credentials refuses the whole configuration (at
-        // start-up a set waits for its files instead).
+        let stores = self.load_sets(&config.sets, initial).await?;
+        let stopping = stale(
+            &self.listeners,
+            |run| &run.fingerprint,
+            config
+                .listeners
+                .iter()
+                .map(|l| (&l.cfg.name, &l.fingerprint)),
+        );
+        let sockets = self.sockets(&config.listeners, &stopping)?;
+        let served_before = self.replace_sets(&config.sets, stores);
+        self.replace_listeners(config.listeners, stopping, sockets)
+            .await;
+        self.replace_watches(config.watches, &served_before, initial);
+        self.admin.set_parts(
+            self.sets.values().map(|s| s.store.clone()).collect(),
+            self.listeners.values().map(|l| l.stats.clone()).collect(),
+        );
+        Ok(())
+    }
+
+    /// A store for every new or changed set. After start-up each one reads and validates its
+    /// files first: a set with no valid credentials refuses the whole configuration.
+    async fn load_sets(
+        &self,
+        sets: &[SetPlan],
+        initial: bool,
+    ) -> anyhow::Result<BTreeMap<String, Arc<Store>>> {
         let mut stores = BTreeMap::new();
-        for plan in &config.sets {
+        for plan in sets {
             let name = &plan.set.name;
             if self
                 .sets
@@ -302,70 +329,56 @@ impl Runtime {
             }
             stores.insert(name.clone(), store);
         }
-        // Listeners to stop, and a socket for every listener to start, before anything stops:
-        // a configuration with an address that cannot be bound is refused as a whole.
-        let wanted: BTreeMap<&str, &ListenerPlan> = config
-            .listeners
-            .iter()
-            .map(|l| (l.cfg.name.as_str(), l))
-            .collect();
-        let stopping: Vec<String> = self
-            .listeners
-            .iter()
-            .filter(|(name, run)| {
-                wanted
-                    .get(name.as_str())
-                    .is_none_or(|p| p.fingerprint != run.fingerprint)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
+        Ok(stores)
+    }
+
+    /// A socket for every listener that starts: bound now, or (on the address of a listener
+    /// that stops) handed over from it, so no connection is refused in between.
+    fn sockets(
+        &self,
+        listeners: &[ListenerPlan],
+        stopping: &[String],
+    ) -> Result<BTreeMap<String, Socket>, BindError> {
         let mut sockets = BTreeMap::new();
-        for plan in &config.listeners {
+        for plan in listeners {
             let name = &plan.cfg.name;
             if self.listeners.contains_key(name) && !stopping.contains(name) {
                 continue;
             }
             let addr = plan.cfg.listen;
-            // The address of a listener that stops: its socket is handed over, so no
-            // connection is refused in between.
             let from = stopping
                 .iter()
                 .find(|old| addr.port() != 0 && self.listeners[*old].listen == addr);
             let socket = match from {
                 Some(old) => Socket::From(old.clone()),
-                None => match listener::bind(addr) {
-                    Ok(socket) => Socket::Bound(socket),
-                    Err(source) => {
-                        return Err(BindError::Listener {
-                            name: name.clone(),
-                            addr,
-                            source,
-                        }
-                        .into())
-                    }
-                },
+                None => {
+                    Socket::Bound(listener::bind(addr).map_err(|source| BindError::Listener {
+                        name: name.clone(),
+                        addr,
+                        source,
+                    })?)
+                }
             };
             sockets.insert(name.clone(), socket);
         }
-        // Sets: keep the unchanged, stop the rest, start the new.
-        let wanted: BTreeMap<&str, &SetPlan> = config
-            .sets
-            .iter()
-            .map(|s| (s.set.name.as_str(), s))
-            .collect();
-        let stale: Vec<String> = self
-            .sets
-            .iter()
-            .filter(|(name, run)| {
-                wanted
-                    .get(name.as_str())
-                    .is_none_or(|p| p.fingerprint != run.fingerprint)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        // What each replaced set served: its watch actions act on the new one only if it differs.
+        Ok(sockets)
+    }
+
+    /// Stops the changed and removed sets and starts the new ones on their `stores`; the
+    /// running listeners of a replaced set follow its new store. Returns the content hash each
+    /// replaced set served (its watch actions act on the new credentials only if they differ).
+    fn replace_sets(
+        &mut self,
+        sets: &[SetPlan],
+        mut stores: BTreeMap<String, Arc<Store>>,
+    ) -> BTreeMap<String, [u8; 32]> {
+        let stopping = stale(
+            &self.sets,
+            |run| &run.fingerprint,
+            sets.iter().map(|s| (&s.set.name, &s.fingerprint)),
+        );
         let mut served_before = BTreeMap::new();
-        for name in stale {
+        for name in stopping {
             if let Some(run) = self.sets.remove(&name) {
                 info!(set = %name, "credential set stopped (changed or removed)");
                 run.cancel.cancel();
@@ -374,14 +387,23 @@ impl Runtime {
                 }
             }
         }
-        for plan in &config.sets {
+        for plan in sets {
             if let Some(store) = stores.remove(&plan.set.name) {
                 self.refollow(&plan.set.name, &store);
                 self.start_set(plan, store);
             }
         }
-        // Listeners: the changed and removed stop (their open connections finish), then the
-        // new and changed start, on a socket bound above or handed over.
+        served_before
+    }
+
+    /// Stops the `stopping` listeners (their open connections finish) and starts the new and
+    /// changed ones on their `sockets`.
+    async fn replace_listeners(
+        &mut self,
+        listeners: Vec<ListenerPlan>,
+        stopping: Vec<String>,
+        mut sockets: BTreeMap<String, Socket>,
+    ) {
         let mut handed = BTreeMap::new();
         for name in stopping {
             if let Some(run) = self.listeners.remove(&name) {
@@ -391,7 +413,7 @@ impl Runtime {
                 }
             }
         }
-        for plan in config.listeners {
+        for plan in listeners {
             let socket = match sockets.remove(&plan.cfg.name) {
                 Some(Socket::Bound(socket)) => Some(socket),
                 Some(Socket::From(old)) => handed.remove(&old),
@@ -408,8 +430,17 @@ impl Runtime {
                 error!(listener = %name, error = %e, "listener not started");
             }
         }
-        // Watches: as a multiset of fingerprints.
-        let mut wanted: Vec<WatchPlan> = config.watches;
+    }
+
+    /// Keeps the watch entries that did not change (as a multiset of fingerprints), stops the
+    /// rest and starts the new ones. One started by a change begins after what is served (the
+    /// app has that), unless its set was replaced by one that serves other credentials.
+    fn replace_watches(
+        &mut self,
+        mut wanted: Vec<WatchPlan>,
+        served_before: &BTreeMap<String, [u8; 32]>,
+        initial: bool,
+    ) {
         let mut kept = Vec::new();
         for run in std::mem::take(&mut self.watches) {
             match wanted.iter().position(|w| w.fingerprint == run.fingerprint) {
@@ -425,8 +456,6 @@ impl Runtime {
             let Some(store) = self.sets.get(&plan.set).map(|s| s.store.clone()) else {
                 continue;
             };
-            // A watch started by a change begins after what is served (the app has that), unless
-            // its set was replaced by one that serves other credentials.
             let start = match store.load() {
                 _ if initial => actions::Start::Startup,
                 None => actions::Start::After(0),
@@ -453,11 +482,6 @@ impl Runtime {
                 cancel,
             });
         }
-        self.admin.set_parts(
-            self.sets.values().map(|s| s.store.clone()).collect(),
-            self.listeners.values().map(|l| l.stats.clone()).collect(),
-        );
-        Ok(())
     }
 
     /// Starts watching and reloading a set into `store` (which may already serve what its files
@@ -713,6 +737,21 @@ impl Runtime {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// The names of `running` parts that `wanted` (name, fingerprint) does not keep as they are:
+/// removed, or changed.
+fn stale<'a, R>(
+    running: &BTreeMap<String, R>,
+    fingerprint: impl Fn(&R) -> &String,
+    wanted: impl Iterator<Item = (&'a String, &'a String)>,
+) -> Vec<String> {
+    let wanted: BTreeMap<&String, &String> = wanted.collect();
+    running
+        .iter()
+        .filter(|(name, run)| wanted.get(name) != Some(&fingerprint(run)))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// Logs what fitting the connection limits to the open-file limit changed.

@@ -12,6 +12,7 @@ mod deploy_manifests;
 mod fuzz;
 mod kubelet_scenarios;
 mod kubelet_volume;
+mod readme_config;
 mod readme_flags;
 mod run_config;
 mod server_mode;

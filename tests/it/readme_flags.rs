@@ -9,7 +9,15 @@ use std::process::Command;
 use crate::support::bin;
 
 /// Every subcommand that has a reference block (`mtls-sidecar` is the top level).
-const BLOCKS: [&str; 6] = ["mtls-sidecar", "check", "server", "client", "watch", "demo"];
+const BLOCKS: [&str; 7] = [
+    "mtls-sidecar",
+    "check",
+    "server",
+    "client",
+    "watch",
+    "run",
+    "demo",
+];
 
 fn readme() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md")
