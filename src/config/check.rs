@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
@@ -131,14 +132,16 @@ impl Checker<'_> {
             .collect();
         self.same_files(&sets);
         let known: Vec<&str> = raw.sets.keys().map(String::as_str).collect();
+        // Each plan with the index of its listener in the file (some may have been refused).
         let mut listeners = Vec::new();
         for (i, l) in raw.listeners.iter().enumerate() {
             let key = format!("listeners[{i}]");
             if let Some(plan) = self.listener(&key, l, &known) {
-                listeners.push(plan);
+                listeners.push((i, plan));
             }
         }
         self.names_and_addresses(raw, &listeners, admin);
+        let listeners = listeners.into_iter().map(|(_, plan)| plan).collect();
         let mut watches = Vec::new();
         for (i, w) in raw.watch.iter().enumerate() {
             let key = format!("watch[{i}]");
@@ -258,25 +261,23 @@ impl Checker<'_> {
         })
     }
 
-    /// Two sets that read the same files must agree on what those files must satisfy.
+    /// Two sets that read the same files must agree on what those files must satisfy. Files are
+    /// compared as files, not as written: `./tls` and `tls`, a symlink and its target.
     fn same_files(&mut self, sets: &[SetPlan]) {
         for (i, a) in sets.iter().enumerate() {
             for b in &sets[i + 1..] {
-                let shared =
-                    a.set.paths.cert == b.set.paths.cert || a.set.paths.key == b.set.paths.key;
-                let pa = &a.set.policy;
-                let pb = &b.set.policy;
-                let same_policy = pa.usage == pb.usage
-                    && pa.expect_dns == pb.expect_dns
-                    && pa.expect_uri == pb.expect_uri
-                    && a.set.paths == b.set.paths;
-                if shared && !same_policy {
+                let (pa, pb) = (&a.set.paths, &b.set.paths);
+                let shared = [(&pa.cert, &pb.cert), (&pa.key, &pb.key)]
+                    .into_iter()
+                    .find(|(x, y)| same_file(x, y));
+                let Some((file, _)) = shared else { continue };
+                if !same_files_and_rules(&a.set, &b.set) {
                     self.err(
                         format!("sets.{}", b.set.name),
                         format!(
                             "reads the same files as set {:?} ({}) with other rules: use one set for both",
                             a.set.name,
-                            a.set.paths.cert.display()
+                            file.display()
                         ),
                     );
                 }
@@ -543,7 +544,13 @@ impl Checker<'_> {
     }
 
     /// Listener names are unique; no two sockets (listeners, the admin endpoint) share an address.
-    fn names_and_addresses(&mut self, raw: &RawConfig, plans: &[ListenerPlan], admin: Listen) {
+    /// `plans` are the listeners that passed their own checks, each with its index in the file.
+    fn names_and_addresses(
+        &mut self,
+        raw: &RawConfig,
+        plans: &[(usize, ListenerPlan)],
+        admin: Listen,
+    ) {
         for (i, l) in raw.listeners.iter().enumerate() {
             if let Some(first) = raw.listeners[..i].iter().position(|o| o.name == l.name) {
                 self.err(
@@ -552,19 +559,13 @@ impl Checker<'_> {
                 );
             }
         }
-        let index_of = |name: &str| {
-            raw.listeners
-                .iter()
-                .position(|l| l.name == name)
-                .unwrap_or(0)
-        };
-        for (i, a) in plans.iter().enumerate() {
-            for b in &plans[i + 1..] {
+        for (n, (i, a)) in plans.iter().enumerate() {
+            for (j, b) in &plans[n + 1..] {
                 if overlap(a.cfg.listen, b.cfg.listen) {
                     self.err(
-                        format!("listeners[{}].listen", index_of(&b.cfg.name)),
+                        format!("listeners[{j}].listen"),
                         format!(
-                            "{} is also the address of listener {:?}",
+                            "{} is also the address of listener {:?} (listeners[{i}])",
                             b.cfg.listen, a.cfg.name
                         ),
                     );
@@ -577,10 +578,7 @@ impl Checker<'_> {
                         a.cfg.listen,
                         self.n("admin-listen")
                     );
-                    self.err(
-                        format!("listeners[{}].listen", index_of(&a.cfg.name)),
-                        message,
-                    );
+                    self.err(format!("listeners[{i}].listen"), message);
                 }
             }
         }
@@ -760,6 +758,62 @@ fn parse<T>(c: &mut Checker<'_>, key: String, r: Result<T, String>) -> Option<T>
     r.map_err(|e| c.err(key, e)).ok()
 }
 
+/// Whether sets `a` and `b` read the very same files and hold them to the same rules.
+fn same_files_and_rules(a: &SetConfig, b: &SetConfig) -> bool {
+    let (pa, pb) = (&a.paths, &b.paths);
+    let peer_ca = match (&pa.peer_ca, &pb.peer_ca) {
+        (Some(x), Some(y)) => same_file(x, y),
+        (None, None) => true,
+        _ => false,
+    };
+    a.policy.usage == b.policy.usage
+        && a.policy.expect_dns == b.policy.expect_dns
+        && a.policy.expect_uri == b.policy.expect_uri
+        && same_file(&pa.cert, &pb.cert)
+        && same_file(&pa.key, &pb.key)
+        && same_file(&pa.ca, &pb.ca)
+        && peer_ca
+}
+
+/// Whether paths `a` and `b` name one file: the same once made absolute and normalised as
+/// written, or the same once symlinks are resolved (as far as the files exist).
+fn same_file(a: &Path, b: &Path) -> bool {
+    if lexical(a) == lexical(b) {
+        return true;
+    }
+    matches!((resolved(a), resolved(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// `p` with every symlink resolved; for a file not there (yet), its resolved directory and its
+/// name. None if neither exists.
+fn resolved(p: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(p).ok().or_else(|| {
+        let dir = std::fs::canonicalize(p.parent()?).ok()?;
+        Some(dir.join(p.file_name()?))
+    })
+}
+
+/// `p` made absolute against the current directory, with `.` dropped and `..` taken off the
+/// path as written (without looking at the file system).
+fn lexical(p: &Path) -> PathBuf {
+    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Two listening addresses that cannot both be bound (port 0 picks a free port: never).
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
@@ -777,4 +831,46 @@ fn usage_name(u: Usage) -> &'static str {
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_compared_as_files() {
+        let cwd = std::env::current_dir().expect("current dir");
+        assert_eq!(
+            lexical(Path::new("./tls/./tls.crt")),
+            cwd.join("tls/tls.crt")
+        );
+        assert_eq!(
+            lexical(Path::new("/etc/tls/../x/tls.key")),
+            Path::new("/etc/x/tls.key")
+        );
+        assert_eq!(lexical(Path::new("/../etc")), Path::new("/etc"));
+        assert!(same_file(
+            Path::new("./tls/tls.crt"),
+            Path::new("tls/tls.crt")
+        ));
+        assert!(!same_file(
+            Path::new("/etc/a/tls.crt"),
+            Path::new("/etc/b/tls.crt")
+        ));
+    }
+
+    #[test]
+    fn a_symlink_and_its_target_are_one_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).expect("mkdir");
+        std::os::unix::fs::symlink(&real, tmp.path().join("link")).expect("symlink");
+        std::fs::write(real.join("tls.crt"), "").expect("write");
+        // A file that exists, and one that does not (yet): its directory is resolved.
+        for name in ["tls.crt", "tls.key"] {
+            let link = tmp.path().join("link").join(name);
+            assert!(same_file(&real.join(name), &link), "{name}");
+        }
+        assert!(!same_file(&real.join("tls.crt"), &real.join("tls.key")));
+    }
 }

@@ -49,10 +49,6 @@ pub fn read_text(path: &Path) -> Result<String, ConfigErrors> {
 
 /// Parses `text` (the content of `path`).
 pub fn parse(text: &str, path: &Path) -> Result<(RawConfig, Origin), ConfigErrors> {
-    let origin = Origin::File {
-        path: path.to_path_buf(),
-        lines: lines::KeyLines::of(text),
-    };
     if text.trim().is_empty() {
         return Err(ConfigErrors {
             lines: vec![format!(
@@ -61,31 +57,18 @@ pub fn parse(text: &str, path: &Path) -> Result<(RawConfig, Origin), ConfigError
             )],
         });
     }
+    let lines = lines::KeyLines::of(text);
     match serde_saphyr::from_str::<RawConfig>(text) {
-        Ok(raw) => Ok((raw, origin)),
-        Err(e) => {
-            let at = match e.location() {
-                Some(l) => format!("{}:{}", path.display(), l.line()),
-                None => path.display().to_string(),
-            };
-            // The first line of the parser's message (the rest is a source excerpt), without
-            // its own "error: line L column C:" prefix: the line is said once, first.
-            let message = e.to_string();
-            let first = message.lines().next().unwrap_or_default().trim();
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            let message = match first.split_once(": ") {
-                Some((place, rest)) if place.starts_with("line ") => rest,
-                _ => first,
-            };
-            // Advice meant for the parser's API, not for whoever edits the file.
-            let message = match message.split_once(", set DuplicateKeyPolicy") {
-                Some((dup, _)) => format!("{dup} (each key may appear once in a mapping)"),
-                None => message.to_string(),
-            };
-            Err(ConfigErrors {
-                lines: vec![format!("{at}: {message}")],
-            })
-        }
+        Ok(raw) => Ok((
+            raw,
+            Origin::File {
+                path: path.to_path_buf(),
+                lines,
+            },
+        )),
+        Err(e) => Err(ConfigErrors {
+            lines: vec![error::parse_error(path, &lines, text, &e)],
+        }),
     }
 }
 
@@ -119,11 +102,58 @@ mod tests {
         assert!(e[0].contains("certdir"), "{e:?}");
         assert!(!e[0].contains("column"), "{e:?}");
         let e = errors("listeners:\n  - name: a\n    max-connections: many\n");
-        assert!(e[0].starts_with("c.yaml:3: "), "{e:?}");
+        assert_eq!(
+            e,
+            [r#"c.yaml:3: listeners[0].max-connections: expected a whole number (got "many")"#]
+        );
         let e = errors("sets:\n  a:\n    cert-dir: /x\n    cert-dir: /y\n");
         assert_eq!(
             e,
             ["c.yaml:4: duplicate mapping key: cert-dir (each key may appear once in a mapping)"]
         );
+    }
+
+    #[test]
+    fn parse_errors_name_the_key_in_the_files_terms() {
+        let e = errors("sets:\n  a:\n    cert-dir: /x\n    certdir: /y\n");
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("c.yaml:4: sets.a.certdir: unknown key; allowed: cert-dir, cert, "),
+            "{e:?}"
+        );
+        let e = errors("watch:\n  - credentials: s\n    act-on-start: maybe\n");
+        assert_eq!(
+            e,
+            [r#"c.yaml:3: watch[0].act-on-start: expected true or false (got "maybe")"#]
+        );
+        let e = errors("sets:\n  a:\n    expect-uri:\n      spiffe://x\n");
+        assert_eq!(
+            e,
+            ["c.yaml:4: sets.a.expect-uri: expected a list (e.g. `[a, b]` or `- a` lines)"]
+        );
+        let e = errors("listeners:\n  - name:\n");
+        assert_eq!(
+            e,
+            ["c.yaml:2: listeners[0].name: expected a value, got nothing"]
+        );
+        let e = errors("just words\n");
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with(
+                "c.yaml:1: the file must be a mapping of keys: admin-listen, poll-interval, "
+            ),
+            "{e:?}"
+        );
+        // YAML syntax: the parser's words, no key.
+        let e = errors("sets:\n  a:\n    cert-dir: \"/x\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("c.yaml:3: unclosed quote"), "{e:?}");
+    }
+
+    #[test]
+    fn a_key_with_no_value_is_empty() {
+        let text = "sets:\nlisteners:\nwatch:\n";
+        let (raw, _) = parse(text, Path::new("c.yaml")).expect("parses");
+        assert_eq!(raw, RawConfig::default());
     }
 }

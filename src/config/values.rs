@@ -12,7 +12,7 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e} (use a duration like 100ms, 30s, 5m, or 0)"))
+        .map_err(|e| format!("{e}, got {s:?}: use a duration like 100ms, 30s, 5m, or 0"))
 }
 
 /// `IP:PORT`, with a hint for the usual mistakes (a bare port, a host name).
@@ -70,7 +70,11 @@ mod tests {
         assert_eq!(duration("0"), Ok(Duration::ZERO));
         assert_eq!(duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(duration("2160h"), Ok(Duration::from_secs(2160 * 3600)));
-        assert!(duration("soon").unwrap_err().contains("30s"));
+        let soon = duration("soon").unwrap_err();
+        assert!(
+            soon.contains("got \"soon\"") && soon.contains("30s"),
+            "{soon}"
+        );
         assert_eq!(listen("off"), Ok(Listen::Off));
         assert_eq!(
             listen("127.0.0.1:0"),
