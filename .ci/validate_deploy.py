@@ -20,10 +20,19 @@ kustomization, each file named after its kustomization directory).
    httpGet probes name the port of its `admin-listen`; and every server listener's port is a
    container port of the sidecar. Whether the binary accepts the file (`run --config FILE
    --check`) is checked by tests/it/deploy_manifests.rs, with the binary.
+5. Cluster policy: only deploy/namespace renders a Namespace (deleting any other kustomization
+   must not delete the namespace and all in it); every pod meets Pod Security's `restricted`
+   profile (deploy/namespace enforces it); a Service's named targetPort is a port of a regular
+   container of the pods it selects (Kubernetes < 1.33 resolves no init container's port name,
+   so a native sidecar's named port gets endpoints without a port); a root CA Certificate keeps
+   its key on renewal (rotationPolicy Never); a leaf Certificate is signed by a namespaced Issuer
+   and carries the URI SAN spiffe://cluster.local/ns/<its namespace>/sa/<name>, and our sidecars
+   authorise callers by URI, never by CN; every alert has a severity and a runbook_url.
 
 Usage: validate_deploy.py RENDERED.yaml...   (exit 1 and one line per problem on failure)
 """
 
+import os
 import re
 import sys
 
@@ -258,6 +267,11 @@ def certificate_rules(spec, path, errors):
             errors.append(f"{path}.renewBefore: the minimum is 5m")
         if before >= duration:
             errors.append(f"{path}.renewBefore: must be shorter than duration")
+    # Ours: a root renewed with a new key is a new root, trusted by no bundle yet; every leaf
+    # re-issued under it would fail at once. A new CA key is a planned rotation (docs/ca-rotation.md).
+    if spec.get("isCA") and spec.get("privateKey", {}).get("rotationPolicy") != "Never":
+        errors.append(f"{path}.privateKey.rotationPolicy: a CA Certificate must keep its key on renewal "
+                      "(Never); rotate a CA key with docs/ca-rotation.md")
     ref = spec.get("issuerRef", {})
     if ref.get("group", "cert-manager.io") == "cert-manager.io" and \
             ref.get("kind", "Issuer") not in ("Issuer", "ClusterIssuer"):
@@ -298,6 +312,41 @@ BUNDLE_SPEC = Obj({
         "namespaceSelector": LABEL_SELECTOR,
     }),
 }, required=("sources",))
+
+
+# ClusterBundle, the API replacing Bundle: trust-manager.io/v1alpha2, fields as in trust-manager's
+# CRD deploy/crds/trust-manager.io_clusterbundles.yaml (main branch, commit fc1b53dd; no Helm chart
+# up to v0.24.0 installs it yet).
+CLUSTER_BUNDLE_TARGET_DATA = List(Obj({
+    "key": Str(), "format": Enum("PEM", "PKCS12"), "password": Str(),
+    "profile": Enum("LegacyRC2", "LegacyDES", "Modern2023"),
+}, required=("key",)), min_items=1)
+CLUSTER_BUNDLE_TARGET_OBJECT = Obj({
+    "data": CLUSTER_BUNDLE_TARGET_DATA,
+    "metadata": Obj({"annotations": STRING_MAP, "labels": STRING_MAP}),
+}, required=("data",))
+CLUSTER_BUNDLE_SPEC = Obj({
+    "defaultCAs": Obj({"provider": Enum("System", "Disabled")}, required=("provider",)),
+    "inLineCAs": Str(),
+    "sourceRefs": List(Obj({
+        "key": Str(r"[0-9A-Za-z_.\-*]+", max_len=253), "kind": Enum("ConfigMap", "Secret"),
+        "name": Str(max_len=253), "selector": LABEL_SELECTOR,
+    }, required=("key", "kind")), max_items=100),
+    "target": Obj({
+        "configMap": CLUSTER_BUNDLE_TARGET_OBJECT,
+        "secret": CLUSTER_BUNDLE_TARGET_OBJECT,
+        "namespaceSelector": LABEL_SELECTOR,
+    }, required=("namespaceSelector",)),
+})
+
+
+def cluster_bundle_rules(spec, path, errors):
+    for i, ref in enumerate(spec.get("sourceRefs", [])):
+        if ("name" in ref) == ("selector" in ref):
+            errors.append(f"{path}.sourceRefs[{i}]: set exactly one of name and selector")
+    target = spec.get("target", {})
+    if "configMap" not in target and "secret" not in target:
+        errors.append(f"{path}.target: needs a configMap or a secret")
 
 
 def bundle_rules(spec, path, errors):
@@ -385,6 +434,13 @@ def prometheus_rule_rules(spec, path, errors):
                 errors.append(f"{where}: set exactly one of alert and record")
             if "record" in rule and "annotations" in rule:
                 errors.append(f"{where}: annotations are only valid for alerting rules")
+            # Ours: whoever is paged needs to know how bad it is and what to do.
+            if "alert" in rule:
+                if (rule.get("labels") or {}).get("severity") not in ("critical", "warning", "info"):
+                    errors.append(f"{where}: alert {rule['alert']}: set labels.severity "
+                                  "(critical, warning or info)")
+                if not (rule.get("annotations") or {}).get("runbook_url"):
+                    errors.append(f"{where}: alert {rule['alert']}: set annotations.runbook_url")
 
 
 def pod_monitor_rules(spec, path, errors):
@@ -399,6 +455,7 @@ CUSTOM_KINDS = {
     ("Issuer", "cert-manager.io/v1"): (ISSUER_SPEC, issuer_rules, True),
     ("ClusterIssuer", "cert-manager.io/v1"): (ISSUER_SPEC, issuer_rules, False),
     ("Bundle", "trust.cert-manager.io/v1alpha1"): (BUNDLE_SPEC, bundle_rules, False),
+    ("ClusterBundle", "trust-manager.io/v1alpha2"): (CLUSTER_BUNDLE_SPEC, cluster_bundle_rules, False),
     ("PrometheusRule", "monitoring.coreos.com/v1"): (PROMETHEUS_RULE_SPEC, prometheus_rule_rules, True),
     ("PodMonitor", "monitoring.coreos.com/v1"): (POD_MONITOR_SPEC, pod_monitor_rules, True),
 }
@@ -437,6 +494,130 @@ def certificate_issuers_exist(docs, errors):
         ns = d["metadata"].get("namespace") if kind == "Issuer" else None
         if ref.get("group", "cert-manager.io") == "cert-manager.io" and (kind, ns, ref.get("name")) not in issuers:
             errors.append(f"{where}: issuer {kind} {ref.get('name')!r} is not part of this kustomization")
+
+
+SPIFFE_ID_RE = re.compile(r"spiffe://cluster\.local/ns/([a-z0-9]([-a-z0-9]*[a-z0-9])?)/sa/[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
+def certificate_policy(docs, errors):
+    """Leaf Certificates: a namespaced Issuer, and the workload's URI SAN in their namespace.
+
+    A ClusterIssuer signs for a Certificate of any namespace, so anyone allowed to create a
+    Certificate somewhere could mint the identities our examples allow; an Issuer signs only in its
+    own namespace, and the URI names that namespace."""
+    for where, d in docs:
+        if d.get("kind") != "Certificate":
+            continue
+        spec = d.get("spec") or {}
+        if spec.get("isCA"):
+            continue
+        kind = (spec.get("issuerRef") or {}).get("kind", "Issuer")
+        if kind != "Issuer":
+            errors.append(f"{where}: a leaf Certificate must be signed by a namespaced Issuer, not a "
+                          f"{kind} (which signs for every namespace)")
+        ns = d["metadata"].get("namespace")
+        matches = [SPIFFE_ID_RE.fullmatch(u) for u in spec.get("uris") or []]
+        if not any(m and m.group(1) == ns for m in matches):
+            errors.append(f"{where}: a leaf Certificate needs the URI SAN "
+                          f"spiffe://cluster.local/ns/{ns}/sa/<name> (the identity servers allow)")
+
+
+# The rendered name of deploy/namespace: the one kustomization that may make a Namespace.
+NAMESPACE_KUSTOMIZATION = "namespace"
+
+
+def namespace_policy(path, docs, errors):
+    """`kubectl delete -k DIR` deletes what DIR renders: a Namespace there takes everything in it."""
+    if os.path.splitext(os.path.basename(path))[0] == NAMESPACE_KUSTOMIZATION:
+        return
+    for where, d in docs:
+        if d.get("kind") == "Namespace":
+            errors.append(f"{where}: only deploy/namespace may render a Namespace (`kubectl delete -k` "
+                          "of this kustomization would delete the namespace and everything in it)")
+
+
+def pod_labels(doc):
+    if doc.get("kind") == "Pod":
+        return (doc.get("metadata") or {}).get("labels") or {}
+    if doc.get("kind") == "CronJob":
+        return {}
+    return (((doc.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+
+
+def service_target_ports(docs, errors):
+    """A named targetPort must be a port of a regular container of every pod the Service selects.
+
+    Before Kubernetes 1.33 the EndpointSlice controller looks names up in regular containers only
+    (kubernetes/kubernetes#127958, #128850): a port named on a native sidecar (an init container)
+    gets endpoints without a port, and the Service refuses every connection."""
+    workloads = [(where, d) for where, d in docs if pod_spec_of(d)]
+    for where, d in docs:
+        if d.get("kind") != "Service":
+            continue
+        spec = d.get("spec") or {}
+        selector = spec.get("selector") or {}
+        selected = [(w, pod_spec_of(doc)) for w, doc in workloads
+                    if selector and all(pod_labels(doc).get(k) == v for k, v in selector.items())]
+        for port in spec.get("ports") or []:
+            target = port.get("targetPort")
+            if not isinstance(target, str):
+                continue
+            if not selected:
+                errors.append(f"{where}: targetPort {target!r} is a name, and the Service selects no pod "
+                              "of this kustomization to check it against: use the port number")
+            for w, pod in selected:
+                regular = {p.get("name") for c in pod.get("containers") or [] for p in c.get("ports") or []}
+                init = {p.get("name") for c in pod.get("initContainers") or [] for p in c.get("ports") or []}
+                if target in regular:
+                    continue
+                why = ("only an init container (a native sidecar) declares it, and Kubernetes < 1.33 "
+                       "resolves no init container's port name" if target in init
+                       else "no regular container declares it")
+                workload = w.split(": ", 1)[-1]
+                errors.append(f"{where}: targetPort {target!r} of {workload}: {why}; use the port number")
+
+
+# Pod Security Standards, `restricted` (https://kubernetes.io/docs/concepts/security/pod-security-standards/):
+# what deploy/namespace enforces, checked here before a cluster refuses the pod.
+PSS_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                    "projected", "secret"}
+
+
+def pod_security_restricted(where, doc, errors):
+    pod = pod_spec_of(doc)
+    if not pod:
+        return
+    psc = pod.get("securityContext") or {}
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            errors.append(f"{where}: {field} is not allowed by Pod Security `restricted`")
+    for v in pod.get("volumes") or []:
+        kinds = set(v) - {"name"}
+        if not kinds <= PSS_VOLUME_TYPES:
+            errors.append(f"{where}: volume {v.get('name')!r} ({sorted(kinds)}) is not allowed by Pod "
+                          "Security `restricted`")
+    for section in ("initContainers", "containers", "ephemeralContainers"):
+        for c in pod.get(section) or []:
+            at = f"{where} {section}/{c.get('name')}: Pod Security `restricted`"
+            sc = c.get("securityContext") or {}
+            if sc.get("privileged"):
+                errors.append(f"{at}: privileged")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                errors.append(f"{at}: set securityContext.allowPrivilegeEscalation: false")
+            if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+                errors.append(f"{at}: runAsNonRoot must be true (container or pod)")
+            if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+                errors.append(f"{at}: runAsUser 0")
+            seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                errors.append(f"{at}: seccompProfile must be RuntimeDefault or Localhost (container or pod)")
+            caps = sc.get("capabilities") or {}
+            if "ALL" not in (caps.get("drop") or []):
+                errors.append(f"{at}: capabilities.drop must contain ALL")
+            if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+                errors.append(f"{at}: only NET_BIND_SERVICE may be added")
+            if any(p.get("hostPort") for p in c.get("ports") or []):
+                errors.append(f"{at}: hostPort")
 
 
 def pod_spec_of(doc):
@@ -483,6 +664,17 @@ def sidecar_policy(where, doc, errors):
             for part in ("requests", "limits"):
                 if not resources.get(part):
                     errors.append(f"{at}: resources.{part} must be set")
+            if any(a == "--allow-cn" or a.startswith("--allow-cn=") for a in sidecar_argv(c)):
+                errors.append(f"{at}: authorise callers by workload identity (--allow-uri "
+                              "spiffe://cluster.local/ns/NS/sa/NAME), not --allow-cn: any Certificate "
+                              "the CA signs can claim a CN")
+            argv = sidecar_argv(c)
+            if subcommand(argv) in ("server", "client"):
+                connections = int(flag_value(argv, "--max-connections") or MAX_CONNECTIONS_DEFAULT)
+                memory_fits(at, c, connections, errors)
+            if subcommand(argv) == "server":
+                admin = flag_value(argv, "--admin-listen") or ADMIN_LISTEN_DEFAULT
+                drain_on_rollout(at, pod, c, addr_port(admin), errors)
             long_running = c.get("restartPolicy") == "Always" or section == "containers"
             if long_running:
                 if section != "initContainers":
@@ -501,6 +693,52 @@ SET_PATH_KEYS = ("cert-dir", "cert", "key", "ca", "peer-ca")
 WATCH_PATH_KEYS = ("stage-dir", "pid-file", "webhook-ca")
 ADMIN_LISTEN_DEFAULT = "0.0.0.0:9901"
 SERVER_LISTEN_DEFAULT = "0.0.0.0:8443"
+
+
+# Memory of `server`/`client` (bench/memory.sh, README "Sizing"): about 9 MiB at rest and 50 KiB per
+# kept-alive connection, with headroom; `--max-connections` defaults to 10000 per listener.
+BASE_MIB = 16
+PER_CONNECTION_KIB = 60
+MAX_CONNECTIONS_DEFAULT = 10000
+# Defaults of `drain-delay` and `shutdown-grace` (src/config/defaults.rs); the examples keep them.
+DRAIN_DELAY_S = 5
+SHUTDOWN_GRACE_S = 25
+
+
+def mebibytes(quantity):
+    """A Kubernetes memory quantity (64Mi, 1Gi, 100M, bytes) in MiB, or None."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|K|M|G)?", str(quantity))
+    if not m:
+        return None
+    scale = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "K": 1e3 / 2**20, "M": 1e6 / 2**20,
+             "G": 1e9 / 2**20, None: 1 / 2**20}[m.group(2)]
+    return int(m.group(1)) * scale
+
+
+def memory_fits(at, c, connections, errors):
+    """`limits.memory` of `c` holds `connections` open connections (all listeners together)."""
+    limit = mebibytes(((c.get("resources") or {}).get("limits") or {}).get("memory"))
+    need = BASE_MIB + connections * PER_CONNECTION_KIB / 1024
+    if limit is not None and limit < need:
+        errors.append(f"{at}: limits.memory ({limit:.0f} MiB) holds about "
+                      f"{int((limit - BASE_MIB) * 1024 / PER_CONNECTION_KIB)} connections, but the "
+                      f"connection limits allow {connections} (about {need:.0f} MiB): set "
+                      "--max-connections (max-connections) to fit, see the README's Sizing")
+
+
+def drain_on_rollout(at, pod, c, admin_port, errors):
+    """A pod whose sidecar serves the app's callers: every app container drains it first (its
+    preStop GETs /drain on the admin port), and the grace period covers drain and shutdown."""
+    for app in pod.get("containers") or []:
+        get = (((app.get("lifecycle") or {}).get("preStop") or {}).get("httpGet") or {})
+        if get.get("path") != "/drain" or port_number(c, get.get("port")) != admin_port:
+            errors.append(f"{at}: app container {app.get('name')!r} needs lifecycle.preStop.httpGet "
+                          f"{{path: /drain, port: {admin_port}}}: the sidecar stops being ready before "
+                          "the app stops (README \"Drain for pod rollouts\")")
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if grace < DRAIN_DELAY_S + SHUTDOWN_GRACE_S + 5:
+        errors.append(f"{at}: terminationGracePeriodSeconds {grace} is less than drain-delay "
+                      f"({DRAIN_DELAY_S}s) + shutdown-grace ({SHUTDOWN_GRACE_S}s) + the app's shutdown")
 
 
 def sidecar_argv(c):
@@ -629,6 +867,16 @@ def run_config_policy(where, doc, docs, errors):
                 elif port_number(c, get.get("port")) != addr_port(admin):
                     errors.append(f"{at}: {kind} probes port {get.get('port')!r}, but the config's "
                                   f"admin-listen is {admin}")
+            for i, listener in enumerate(config.get("listeners") or []):
+                if "allow-cn" in (listener or {}):
+                    errors.append(f"{at}: config listeners[{i}]: authorise callers by workload "
+                                  "identity (allow-uri), not allow-cn: any Certificate the CA signs "
+                                  "can claim a CN")
+            connections = sum(int((l or {}).get("max-connections", MAX_CONNECTIONS_DEFAULT))
+                              for l in config.get("listeners") or [])
+            memory_fits(at, c, connections, errors)
+            if any((l or {}).get("kind") == "server" for l in config.get("listeners") or []):
+                drain_on_rollout(at, pod, c, addr_port(admin), errors)
             ports = {p.get("containerPort") for p in c.get("ports") or []}
             for i, listener in enumerate(config.get("listeners") or []):
                 if (listener or {}).get("kind") != "server":
@@ -667,8 +915,12 @@ def main(paths):
                     loc = ".".join(str(p) for p in e.path) or "(root)"
                     errors.append(f"{where}: Kubernetes {version}: {loc}: {e.message}")
             sidecar_policy(where, doc, errors)
+            pod_security_restricted(where, doc, errors)
             run_config_policy(where, doc, docs, errors)
         certificate_issuers_exist(docs, errors)
+        certificate_policy(docs, errors)
+        namespace_policy(path, docs, errors)
+        service_target_ports(docs, errors)
     for e in errors:
         print(f"ERROR {e}")
     print(f"validate_deploy: {len(paths)} kustomizations, {counts['core']} core objects "

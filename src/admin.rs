@@ -1,12 +1,15 @@
 //! The admin endpoint (SPEC "Admin endpoint"), plain HTTP/1.1: `/healthz`, `/readyz`, `/status`
-//! (JSON) and `/metrics` (Prometheus text). It reads the stores and the metrics registry; it
-//! never changes them. Unauthenticated clients can reach it, so a flood of connections must
-//! not keep probes out: see [`MAX_ADMIN_CONNECTIONS`].
+//! (JSON), `/metrics` (Prometheus text) and `/drain` (readiness off for a pod's rollout: see
+//! [`drain`]). It reads the stores and the metrics registry; it never changes them.
+//! Unauthenticated clients can reach it, so a flood of connections must not keep probes out
+//! (see [`MAX_ADMIN_CONNECTIONS`]), and a `/drain` that waits holds its own connection only.
+
+pub mod drain;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +29,7 @@ use crate::creds::store::Store;
 use crate::creds::validate::rfc3339;
 use crate::metrics::Metrics;
 use crate::proxy::ListenerStats;
+use drain::Drain;
 
 /// Where the admin endpoint listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,8 +42,10 @@ pub enum Listen {
 /// applied; the lock is taken on the admin path only.
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    /// Set when shutdown starts: not ready while draining.
-    pub draining: AtomicBool,
+    /// Set when shutdown starts: not ready while open connections finish.
+    pub shutting_down: AtomicBool,
+    /// `/drain`: not ready once it was called.
+    pub drain: Drain,
     parts: RwLock<Parts>,
     config: Mutex<Option<ConfigStatus>>,
 }
@@ -65,7 +71,8 @@ impl AdminState {
     pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(AdminState {
             metrics,
-            draining: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            drain: Drain::default(),
             parts: RwLock::new(Parts::default()),
             config: Mutex::new(None),
         })
@@ -110,21 +117,27 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Open admin connections at most. When all are taken, a new connection closes the oldest one
-/// that never sent a request (or, if all did, the oldest): a client that opens connections and
-/// sends nothing (or floods the port) cannot keep kubelet's probes out, since a probe sends its
-/// request at once and is answered in well under a millisecond.
+/// that never sent a request (or, if all did, the oldest that is not waiting for `/drain`, or
+/// the oldest): a client that opens connections and sends nothing (or floods the port) cannot
+/// keep kubelet's probes out, since a probe sends its request at once and is answered in well
+/// under a millisecond; and the preStop hook's `/drain` is closed last.
 pub const MAX_ADMIN_CONNECTIONS: usize = 128;
 /// A client that sends no complete request headers within this time is dropped (idle
 /// keep-alive connections too: probes and scrapers send at once).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// No admin connection lives longer than this.
+/// No admin connection lives longer than this (plus `drain-delay`, which a `/drain` waits).
 const ADMIN_MAX_AGE: Duration = Duration::from_secs(60);
 
-/// One open admin connection: the token that closes it, and whether it sent a request.
+/// What an admin connection did so far (see [`MAX_ADMIN_CONNECTIONS`]).
+const SILENT: u8 = 0;
+const SPOKE: u8 = 1;
+const DRAINING: u8 = 2;
+
+/// One open admin connection: the token that closes it, and what it did so far.
 struct Slot {
     id: u64,
     close: CancellationToken,
-    spoke: Arc<AtomicBool>,
+    state: Arc<AtomicU8>,
 }
 
 /// Open admin connections, oldest first.
@@ -137,13 +150,15 @@ struct Slots {
 impl Slots {
     /// Registers a new connection, closing another if every slot is taken (see
     /// [`MAX_ADMIN_CONNECTIONS`]).
-    fn admit(&mut self) -> (u64, CancellationToken, Arc<AtomicBool>) {
+    fn admit(&mut self) -> (u64, CancellationToken, Arc<AtomicU8>) {
         if self.open.len() >= MAX_ADMIN_CONNECTIONS {
-            let silent = self
-                .open
-                .iter()
-                .position(|s| !s.spoke.load(Ordering::Relaxed));
-            if let Some(evicted) = self.open.remove(silent.unwrap_or(0)) {
+            let oldest = |state: u8| {
+                self.open
+                    .iter()
+                    .position(|s| s.state.load(Ordering::Relaxed) == state)
+            };
+            let evict = oldest(SILENT).or_else(|| oldest(SPOKE)).unwrap_or(0);
+            if let Some(evicted) = self.open.remove(evict) {
                 evicted.close.cancel();
             }
         }
@@ -151,9 +166,9 @@ impl Slots {
         let slot = Slot {
             id: self.next,
             close: CancellationToken::new(),
-            spoke: Arc::new(AtomicBool::new(false)),
+            state: Arc::new(AtomicU8::new(SILENT)),
         };
-        let handles = (slot.id, slot.close.clone(), slot.spoke.clone());
+        let handles = (slot.id, slot.close.clone(), slot.state.clone());
         self.open.push_back(slot);
         handles
     }
@@ -182,22 +197,29 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: Cancel
             },
         };
         // The admin path only; never taken on a proxied connection.
-        let (id, evicted, spoke) = lock(&slots).admit();
+        let (id, evicted, said) = lock(&slots).admit();
         let (state, slots) = (state.clone(), slots.clone());
+        let max_age = ADMIN_MAX_AGE + state.drain.delay();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                spoke.store(true, Ordering::Relaxed);
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
+                let (state, said) = (state.clone(), said.clone());
+                async move {
+                    // Held until drain-delay is over: closed last when the slots run out.
+                    let waits = req.uri().path() == "/drain";
+                    said.store(if waits { DRAINING } else { SPOKE }, Ordering::Relaxed);
+                    let response = route(&state, &req).await;
+                    said.store(SPOKE, Ordering::Relaxed);
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
-                r = tokio::time::timeout(ADMIN_MAX_AGE, conn) => match r {
+                r = tokio::time::timeout(max_age, conn) => match r {
                     Ok(Err(e)) => debug!(%peer, error = %e, "admin connection ended with an error"),
-                    Err(_) => debug!(%peer, "admin connection closed after {ADMIN_MAX_AGE:?}"),
+                    Err(_) => debug!(%peer, "admin connection closed after {max_age:?}"),
                     Ok(Ok(())) => {}
                 },
                 _ = evicted.cancelled() => debug!(%peer, "admin connection closed to make room for a newer one"),
@@ -215,16 +237,34 @@ fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
     slots.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path == "/drain" {
+        // GET for an httpGet preStop hook, which can do nothing else; POST for everyone else.
+        if req.method() != Method::GET && req.method() != Method::POST {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/drain takes GET or POST\n".into(),
+            );
+        }
+        let off_for = state.drain.wait().await;
+        return text(
+            StatusCode::OK,
+            format!(
+                "drained: /readyz has answered 503 for {:.1}s\n",
+                off_for.as_secs_f64()
+            ),
+        );
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET is supported\n".into(),
         );
     }
-    match req.uri().path() {
+    match path {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => match not_ready(state) {
+        "/readyz" => match not_ready(state).await {
             None => text(StatusCode::OK, "ready\n".into()),
             Some(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -249,7 +289,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz, /readyz, /status, /metrics\n".into(),
+            "not found: try /healthz, /readyz, /status, /metrics (or /drain)\n".into(),
         ),
     }
 }
@@ -264,10 +304,14 @@ fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-/// `None` when every set serves valid, unexpired credentials; otherwise why not.
-pub fn not_ready(state: &AdminState) -> Option<String> {
-    if state.draining.load(Ordering::Relaxed) {
+/// `None` when every set serves valid, unexpired credentials, every listener serves them, and
+/// every listener with `ready-upstream` reaches its target; otherwise why not.
+pub async fn not_ready(state: &AdminState) -> Option<String> {
+    if state.shutting_down.load(Ordering::Relaxed) {
         return Some("shutting down: draining open connections".into());
+    }
+    if state.drain.is_draining() {
+        return Some("draining".into());
     }
     let now = OffsetDateTime::now_utc();
     let parts = state.parts();
@@ -295,13 +339,34 @@ pub fn not_ready(state: &AdminState) -> Option<String> {
     if !reasons.is_empty() {
         return Some(reasons.join("; "));
     }
-    // Credentials are published; the listeners serve them a moment later.
-    let waiting: Vec<String> = parts
-        .listeners
-        .iter()
-        .filter(|l| !l.is_serving())
-        .map(|l| format!("listener {}: not serving the credentials yet", l.name))
-        .collect();
+    // Credentials are published; the listeners serve them a moment later. The targets are
+    // probed side by side, so one that does not answer costs its timeout once, not per listener.
+    let mut waiting = Vec::new();
+    let mut probes = Vec::new();
+    for l in parts.listeners {
+        if !l.is_serving() {
+            waiting.push(format!(
+                "listener {}: not serving the credentials yet",
+                l.name
+            ));
+        } else if l.probe.is_some() {
+            probes.push(tokio::spawn(async move {
+                let probe = l.probe.as_ref()?;
+                let e = probe.check().await.err()?;
+                Some(format!(
+                    "listener {}: target {} not reachable: {e}",
+                    l.name,
+                    probe.target()
+                ))
+            }));
+        }
+    }
+    for probe in probes {
+        match probe.await {
+            Ok(why) => waiting.extend(why),
+            Err(e) => waiting.push(format!("probing a target failed: {e}")),
+        }
+    }
     (!waiting.is_empty()).then(|| waiting.join("; "))
 }
 
@@ -357,4 +422,39 @@ fn set_status(s: &Store) -> Value {
 
 fn time_str(t: SystemTime) -> String {
     rfc3339(OffsetDateTime::from(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots full, every connection in `state`; returns them (oldest first).
+    fn full(state: u8) -> (Slots, Vec<(CancellationToken, Arc<AtomicU8>)>) {
+        let mut slots = Slots::default();
+        let open = (0..MAX_ADMIN_CONNECTIONS)
+            .map(|_| {
+                let (_, close, said) = slots.admit();
+                said.store(state, Ordering::Relaxed);
+                (close, said)
+            })
+            .collect();
+        (slots, open)
+    }
+
+    #[test]
+    fn a_held_drain_is_closed_last() {
+        let (mut slots, open) = full(SPOKE);
+        open[0].1.store(DRAINING, Ordering::Relaxed);
+        open[5].1.store(SILENT, Ordering::Relaxed);
+        // The silent one goes first, then the oldest that spoke; the drain stays.
+        slots.admit().2.store(SPOKE, Ordering::Relaxed);
+        assert!(open[5].0.is_cancelled());
+        slots.admit();
+        assert!(open[1].0.is_cancelled());
+        assert!(!open[0].0.is_cancelled(), "the held /drain was closed");
+        // Only when every connection waits for /drain does the oldest go.
+        let (mut slots, open) = full(DRAINING);
+        slots.admit();
+        assert!(open[0].0.is_cancelled());
+    }
 }

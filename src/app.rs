@@ -269,6 +269,7 @@ impl Runtime {
             warn!("the admin endpoint's address changed in the configuration; it applies after a restart");
         }
         self.grace = config.shutdown_grace;
+        self.admin.drain.set_delay(config.drain_delay);
         let stores = self.load_sets(&config.sets, initial).await?;
         let stopping = stale(
             &self.listeners,
@@ -706,7 +707,7 @@ impl Runtime {
     /// SIGTERM: not ready, stop accepting everywhere, let open connections finish for up to
     /// the grace period, then stop everything.
     async fn shutdown(mut self) {
-        self.admin.draining.store(true, Ordering::Relaxed);
+        self.admin.shutting_down.store(true, Ordering::Relaxed);
         info!(grace = ?self.grace, "shutting down: no new connections, draining open ones");
         for run in self.listeners.values() {
             run.stop.cancel();

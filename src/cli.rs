@@ -50,6 +50,8 @@ pub enum Command {
     Watch(Box<WatchArgs>),
     /// Several credential sets, listeners and watch actions in one process, from a YAML file.
     Run(RunArgs),
+    /// Turn a running sidecar's readiness off (GET /drain) and wait until its drain-delay is over: for the app's preStop hook.
+    Drain(DrainArgs),
     /// Try it: a throwaway PKI, a plaintext app, `server --protocol http` in front, rotation every 30 s.
     Demo(DemoArgs),
 }
@@ -298,6 +300,10 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub allow_uri: Vec<String>,
+    /// /readyz also requires that a connection to --target succeeds (tried at most once a
+    /// second, for up to min(--connect-timeout, 1s)).
+    #[arg(long, env = "MTLS_SIDECAR_READY_UPSTREAM", value_parser = BoolishValueParser::new())]
+    pub ready_upstream: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -340,6 +346,10 @@ pub struct ConnArgs {
     /// On SIGTERM, how long open connections may take to finish.
     #[arg(long, env = "MTLS_SIDECAR_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration, default_value = defaults::SHUTDOWN_GRACE)]
     pub shutdown_grace: Duration,
+    /// After the first GET or POST /drain on the admin endpoint, how long /readyz answers 503
+    /// before /drain answers (the app's preStop hook waits for it); `0` answers at once.
+    #[arg(long, env = "MTLS_SIDECAR_DRAIN_DELAY", value_name = "DURATION", value_parser = parse_duration, default_value = defaults::DRAIN_DELAY)]
+    pub drain_delay: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -476,6 +486,23 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The sidecar's admin endpoint (its --admin-listen; in a pod, loopback reaches it).
+    #[arg(long, env = "MTLS_SIDECAR_ADMIN", value_name = "ADDR", value_parser = parse_socket_addr, default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Give up (exit 1) when the answer takes longer than this; keep it above the sidecar's --drain-delay.
+    #[arg(long, env = "MTLS_SIDECAR_TIMEOUT", value_name = "DURATION", value_parser = parse_timeout, default_value = "60s")]
+    pub timeout: Duration,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match values::duration(s)? {
+        d if d.is_zero() => Err("expected a duration above 0, like 30s or 2m".into()),
+        d => Ok(d),
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Where to write the demo PKI (default: a new directory under the system temp dir).
     #[arg(long, env = "MTLS_SIDECAR_DIR", value_name = "DIR")]
@@ -596,8 +623,10 @@ impl ServerArgs {
         listener.allow_ou = self.allow_ou.clone();
         listener.allow_dns = self.allow_dns.clone();
         listener.allow_uri = self.allow_uri.clone();
+        listener.ready_upstream = self.ready_upstream.then_some(true);
         RawConfig {
             shutdown_grace: dur(self.conn.shutdown_grace),
+            drain_delay: dur(self.conn.drain_delay),
             listeners: vec![listener],
             ..base(self.creds.raw(None), &self.reload, &self.admin)
         }
@@ -615,6 +644,7 @@ impl ClientArgs {
         listener.verify_uri = self.verify_uri.clone();
         RawConfig {
             shutdown_grace: dur(self.conn.shutdown_grace),
+            drain_delay: dur(self.conn.drain_delay),
             listeners: vec![listener],
             ..base(self.creds.raw(None), &self.reload, &self.admin)
         }

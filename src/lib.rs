@@ -20,7 +20,8 @@
 //!   verify; typed errors, paced and retried.
 //! - [`proxy`]: the `server` (inbound) and `client` (outbound) listeners: accept, handshake,
 //!   allow-list, tcp copy or http forwarding.
-//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, and `/drain` for pod rollouts
+//!   (with the `drain` subcommand's client).
 //! - [`signals`], [`limits`], [`atomic_dir`]: signal handling, the file-descriptor budget,
 //!   kubelet-style `..data` generations (demo volumes, `--stage-dir`).
 //! - [`app`]: wires the stages of a long-running subcommand and shuts them down.

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|e| clap_exit(e));
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| clap_exit(e));
     let long_running = match &cli.command {
-        Command::Check(_) => false,
+        Command::Check(_) | Command::Drain(_) => false,
         Command::Run(args) => !(args.check || args.print),
         _ => true,
     };
@@ -74,6 +74,14 @@ fn main() -> ExitCode {
         Command::Client(args) => run_flags(Ok(args.raw(limits_chosen))),
         Command::Watch(args) => run_flags(args.raw()),
         Command::Run(args) => run_file(args, &mut out),
+        Command::Drain(args) => match mtls_sidecar::admin::drain::request(args.admin, args.timeout)
+        {
+            Ok(body) => {
+                let _ = writeln!(out, "{body}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => runtime_error(&anyhow::Error::from(e)),
+        },
         Command::Demo(args) => {
             let demo = DemoConfig {
                 dir: args.dir.clone(),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use nix::sys::signal::Signal;
+use tracing::debug;
 
 use super::error::SignalError;
 use super::outcome::ActionOk;
@@ -166,9 +167,14 @@ fn send(
 ) -> Result<(), SignalError> {
     let describe = |e: std::io::Error| SignalError::from_errno(pid, e);
     let fd = match pidfd(pid) {
-        Ok(fd) => Some(fd),
-        // Kernels before 5.3 have no pidfd: fall back to kill(2).
-        Err(e) if e.raw_os_error() == Some(nix::libc::ENOSYS) => None,
+        Ok(fd) => {
+            debug!(pid, "signalling through a pidfd");
+            Some(fd)
+        }
+        Err(e) if kill_instead(e.raw_os_error()) => {
+            debug!(pid, error = %e, "pidfd_open is not available; signalling with kill(2)");
+            None
+        }
         Err(e) => return Err(describe(e)),
     };
     // The process behind the pidfd is fixed now; check it is still the one we resolved.
@@ -189,6 +195,14 @@ fn send(
         None => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
             .map_err(|e| describe(std::io::Error::from_raw_os_error(e as i32))),
     }
+}
+
+/// Whether a pidfd_open(2) that failed with `errno` leaves kill(2) to try: the call is not
+/// there (ENOSYS: kernels before 5.3) or not allowed (EPERM: a seccomp profile that refuses it;
+/// pidfd_open checks no permission over the target, so EPERM can only come from a filter, and
+/// kill(2) then says whether we may signal it). Anything else is the answer (ESRCH: gone).
+fn kill_instead(errno: Option<i32>) -> bool {
+    matches!(errno, Some(nix::libc::ENOSYS | nix::libc::EPERM))
 }
 
 fn pidfd(pid: i32) -> std::io::Result<OwnedFd> {
@@ -347,6 +361,19 @@ mod tests {
         assert!(child.try_wait().unwrap().is_none(), "it was signalled");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn kill_is_the_fallback_when_pidfd_open_is_missing_or_filtered() {
+        use nix::libc::{EMFILE, ENOSYS, EPERM, ESRCH};
+        assert!(kill_instead(Some(ENOSYS)), "kernel before 5.3");
+        assert!(kill_instead(Some(EPERM)), "seccomp refuses pidfd_open");
+        assert!(!kill_instead(Some(ESRCH)), "the process is gone");
+        assert!(!kill_instead(Some(EMFILE)));
+        assert!(!kill_instead(None));
+        // A kill(2) that is refused too is a permission problem, and says so.
+        let err = SignalError::from_errno(7, std::io::Error::from_raw_os_error(EPERM));
+        assert!(err.to_string().contains("CAP_KILL"), "{err}");
     }
 
     #[test]

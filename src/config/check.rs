@@ -107,6 +107,11 @@ impl Checker<'_> {
             raw.shutdown_grace.as_deref(),
             defaults::SHUTDOWN_GRACE,
         );
+        let drain_delay = self.duration(
+            "drain-delay".into(),
+            raw.drain_delay.as_deref(),
+            defaults::DRAIN_DELAY,
+        );
         let mut needs: BTreeMap<&str, Needs> = BTreeMap::new();
         for l in &raw.listeners {
             let n = needs.entry(l.credentials.as_str()).or_default();
@@ -158,6 +163,7 @@ impl Checker<'_> {
         Config {
             admin,
             shutdown_grace,
+            drain_delay,
             sets,
             listeners,
             watches,
@@ -425,6 +431,7 @@ impl Checker<'_> {
                 max_connections,
                 max_upstream_connections: max_upstream,
                 max_connection_age,
+                ready_upstream: server && l.ready_upstream.unwrap_or(false),
             },
             role: role?,
             limits_chosen: l.max_connections.is_some()
@@ -479,6 +486,7 @@ impl Checker<'_> {
             ("allow-ou", !l.allow_ou.is_empty()),
             ("allow-dns", !l.allow_dns.is_empty()),
             ("allow-uri", !l.allow_uri.is_empty()),
+            ("ready-upstream", l.ready_upstream.is_some()),
         ] {
             if set {
                 self.err(format!("{key}.{option}"), "only for kind server");

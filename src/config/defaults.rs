@@ -5,6 +5,7 @@ pub const ADMIN_LISTEN: &str = "0.0.0.0:9901";
 pub const POLL_INTERVAL: &str = "30s";
 pub const DEBOUNCE: &str = "100ms";
 pub const SHUTDOWN_GRACE: &str = "25s";
+pub const DRAIN_DELAY: &str = "5s";
 pub const SERVER_LISTEN: &str = "0.0.0.0:8443";
 pub const MIN_TLS: &str = "1.2";
 pub const HANDSHAKE_TIMEOUT: &str = "10s";

@@ -18,6 +18,8 @@ use crate::tls::Pins;
 pub struct Config {
     pub admin: Listen,
     pub shutdown_grace: Duration,
+    /// How long `/drain` keeps `/readyz` at 503 before it answers.
+    pub drain_delay: Duration,
     pub sets: Vec<SetPlan>,
     pub listeners: Vec<ListenerPlan>,
     pub watches: Vec<WatchPlan>,

@@ -30,6 +30,7 @@ pub fn filled(raw: &RawConfig, config: &Config) -> RawConfig {
     or(&mut out.poll_interval, defaults::POLL_INTERVAL);
     or(&mut out.debounce, defaults::DEBOUNCE);
     or(&mut out.shutdown_grace, defaults::SHUTDOWN_GRACE);
+    or(&mut out.drain_delay, defaults::DRAIN_DELAY);
     for (name, set) in out.sets.iter_mut() {
         if let Some(plan) = config.set(name) {
             // The files it reads, whether named or found in cert-dir.
@@ -54,6 +55,7 @@ pub fn filled(raw: &RawConfig, config: &Config) -> RawConfig {
             if l.allow_all.is_none() {
                 l.allow_all = Some(false);
             }
+            l.ready_upstream.get_or_insert(false);
         } else {
             l.unsafe_listen.get_or_insert(false);
             // The target's host unless given.

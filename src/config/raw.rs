@@ -24,6 +24,10 @@ pub struct RawConfig {
     /// On SIGTERM, how long open connections may take to finish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
+    /// After the first GET or POST /drain, how long /readyz answers 503 before /drain answers
+    /// (the app container's preStop hook waits for it); `0` answers at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_delay: Option<String>,
     /// Credential sets by name.
     #[serde(
         default,
@@ -149,6 +153,10 @@ pub struct RawListener {
     /// `/**` any suffix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_uri: Vec<String>,
+    /// server: /readyz also requires that a connection to the target succeeds (tried at most
+    /// once a second, for up to min(connect-timeout, 1s)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_upstream: Option<bool>,
     /// client: allow a listen address that is not loopback (anyone who reaches it talks as us).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsafe_listen: Option<bool>,

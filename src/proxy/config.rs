@@ -67,4 +67,6 @@ pub struct ListenerConfig {
     /// http mode: open upstream connections at most (tcp mode: one per connection).
     pub max_upstream_connections: usize,
     pub max_connection_age: Option<Duration>,
+    /// `/readyz` also requires that a connection to the target succeeds (`server` only).
+    pub ready_upstream: bool,
 }

@@ -25,6 +25,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use super::config::{ListenerConfig, Protocol};
 use super::handshake::HandshakeFailure;
 use super::io::UpstreamSlots;
+use super::probe::UpstreamProbe;
 use crate::creds::store::{Published, Store};
 use crate::metrics::{ListenerCodeLabels, ListenerLabels, ListenerReasonLabels, Metrics};
 use crate::tls::TlsBuildError;
@@ -40,6 +41,8 @@ pub struct ListenerStats {
     /// Set once connections are served with the published credentials (the rustls config or
     /// the upstream pool is built): `/readyz` waits for it, not only for the publish.
     pub serving: AtomicBool,
+    /// `ready-upstream`: `/readyz` also waits for the target to accept connections.
+    pub probe: Option<UpstreamProbe>,
 }
 
 impl ListenerStats {
@@ -164,6 +167,9 @@ impl Shared {
                 address,
                 active: AtomicI64::new(0),
                 serving: AtomicBool::new(false),
+                probe: cfg
+                    .ready_upstream
+                    .then(|| UpstreamProbe::new(cfg.target.clone(), cfg.connect_timeout)),
             }),
             metrics,
             upstream,

@@ -10,7 +10,8 @@
 //!   slot), [`config`], [`handshake`] (failure reasons), [`http_conn`] (an HTTP connection's
 //!   lifecycle, with [`header_block`]: the HTTP/2 header-read deadline), [`headers`] (protected
 //!   headers, `Host` rules), [`tcp`] (byte copy), [`io`] (plaintext upstream connections, the cap
-//!   on them, idle tracking) and [`chain`] (reading an error's cause chain).
+//!   on them, idle tracking), [`probe`] (`ready-upstream`: is the target accepting now?) and
+//!   [`chain`] (reading an error's cause chain).
 
 pub mod chain;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod inbound;
 pub mod io;
 pub mod listener;
 pub mod outbound;
+pub mod probe;
 pub mod tcp;
 
 pub use config::{ListenerConfig, Protocol, Target};

@@ -8,7 +8,8 @@
 //! ConfigMap) that the container mounts whole at FILE's directory, and `run --config FILE
 //! --check`, then the dry run, must accept the file with its addresses and paths moved the same
 //! way. No credential volume may be mounted with `subPath` (kubelet never updates such a mount),
-//! and the alerts may only use documented metric names.
+//! and the alerts may only use documented metric names (ours; cert-manager's, kube-state-metrics'
+//! and `up` are allowed by name).
 //!
 //! The YAML files are checked as written and, when a kubectl with kustomize v5 is available
 //! (`$KUBECTL`, `kubectl` on PATH, or the one `.ci/validate-deploy` installs), as rendered by
@@ -1030,6 +1031,30 @@ fn no_credential_volume_is_mounted_with_subpath() {
     fail_on(problems);
 }
 
+/// Metrics the alerts may use that are not ours, by name: cert-manager's (its own `/metrics`),
+/// kube-state-metrics', and Prometheus' `up`. They are not checked against our README.
+const FOREIGN_METRIC_PREFIXES: &[&str] = &["certmanager_", "kube_"];
+const FOREIGN_METRICS: &[&str] = &["up"];
+
+/// The metric names of the selectors in a PromQL expression: each identifier right before `{`.
+fn selector_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (i, _) in expr.match_indices('{') {
+        let name: String = expr[..i]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        if !name.is_empty() {
+            names.push(name);
+        }
+    }
+    names
+}
+
 #[test]
 fn alerts_use_only_documented_metric_names() {
     fn metric_names(text: &str) -> BTreeSet<String> {
@@ -1053,6 +1078,7 @@ fn alerts_use_only_documented_metric_names() {
         "README.md documents no metric names"
     );
     let mut used = BTreeMap::new();
+    let mut problems = Vec::new();
     for doc in source_docs() {
         if doc.value["kind"] != "PrometheusRule" {
             continue;
@@ -1063,6 +1089,19 @@ fn alerts_use_only_documented_metric_names() {
                 for name in metric_names(expr) {
                     used.insert(name, doc.origin.clone());
                 }
+                // Every other selector must be a known exporter's metric: a typo in ours
+                // (`mtls_sidcar_...`) or an unknown name would make an alert that never fires.
+                for name in selector_names(expr) {
+                    let foreign = FOREIGN_METRICS.contains(&name.as_str())
+                        || FOREIGN_METRIC_PREFIXES.iter().any(|p| name.starts_with(p));
+                    if !name.starts_with("mtls_sidecar_") && !foreign {
+                        problems.push(format!(
+                            "{}: {name} is neither ours nor in FOREIGN_METRIC_PREFIXES / \
+                             FOREIGN_METRICS",
+                            doc.origin
+                        ));
+                    }
+                }
             }
         }
     }
@@ -1070,17 +1109,17 @@ fn alerts_use_only_documented_metric_names() {
         !used.is_empty(),
         "no PrometheusRule under deploy/ uses mtls-sidecar metrics"
     );
-    let problems = used
-        .iter()
-        .filter(|(name, _)| {
-            // A histogram's series: name_bucket, name_sum, name_count.
-            let base = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s))
-                .unwrap_or(name);
-            !documented.contains(*name) && !documented.contains(base)
-        })
-        .map(|(name, origin)| format!("{origin}: {name} is not a metric the README documents"))
-        .collect();
+    problems.extend(
+        used.iter()
+            .filter(|(name, _)| {
+                // A histogram's series: name_bucket, name_sum, name_count.
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                !documented.contains(*name) && !documented.contains(base)
+            })
+            .map(|(name, origin)| format!("{origin}: {name} is not a metric the README documents")),
+    );
     fail_on(problems);
 }

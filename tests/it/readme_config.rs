@@ -188,6 +188,7 @@ fn every_raw_key_is_found() {
             "poll-interval",
             "debounce",
             "shutdown-grace",
+            "drain-delay",
             "sets",
             "listeners",
             "watch"

@@ -9,13 +9,14 @@ use std::process::Command;
 use crate::support::bin;
 
 /// Every subcommand that has a reference block (`mtls-sidecar` is the top level).
-const BLOCKS: [&str; 7] = [
+const BLOCKS: [&str; 8] = [
     "mtls-sidecar",
     "check",
     "server",
     "client",
     "watch",
     "run",
+    "drain",
     "demo",
 ];
 

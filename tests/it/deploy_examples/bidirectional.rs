@@ -13,8 +13,8 @@ use super::manifests::{certificate_spec, Example};
 use super::pod::Pod;
 use super::terminate_legacy_app::{assert_legacy_answer, LegacyApp};
 use super::{
-    assert_all_gone, assert_runs_as, client_files, processes, tools, walkthrough_curl,
-    walkthrough_curl_path, WAIT, WEB_APP_DN,
+    assert_all_gone, assert_runs_as, client_files, impostor_spec, processes, tools,
+    walkthrough_curl, walkthrough_curl_path, WAIT, WEB_APP_DN,
 };
 use crate::support::cli_clients::{pinned_pubkey, run_bounded, CurlResult};
 use crate::support::nginx::served_serial;
@@ -192,19 +192,29 @@ fn serves_web_app_calls_the_api_and_rotates_both_ways_with_one_validation() {
     let got = walkthrough_curl(&web_app_dir, &svc, true, &[]);
     assert_app_answer(&got, WEB_APP_DN, &|| service.context(&api));
 
-    // A client certificate of the same CA outside `allow-cn`: 403, the app never sees it.
+    // A client certificate of the same CA outside `allow-uri`: 403, the app never sees it. Also
+    // one with web-app's CN, O and OU but the identity of another namespace (what a
+    // ClusterIssuer would sign for anyone there): the CN admits nobody.
     let outsider = pki.issue(
         &LeafSpec::new()
             .cn("batch-job")
             .subject_o("Example Org")
             .eku(Eku::Client),
     );
-    let outsider_dir = client_files(&service.pod.scratch("outsider"), &outsider, &ca);
-    let got = walkthrough_curl(&outsider_dir, &svc, true, &[]);
-    assert_eq!(got.http_code, 403, "{got:?}\n{}", service.context(&api));
+    let impostor = pki.issue(&impostor_spec());
+    for (name, leaf) in [("outsider", &outsider), ("impostor", &impostor)] {
+        let dir = client_files(&service.pod.scratch(name), leaf, &ca);
+        let got = walkthrough_curl(&dir, &svc, true, &[]);
+        assert_eq!(
+            got.http_code,
+            403,
+            "{name}: {got:?}\n{}",
+            service.context(&api)
+        );
+    }
 
     // Outbound: the app's call, in plain HTTP to the client listener, reaches the API over mTLS
-    // as this service (the API's `--allow-dns`): the same certificate as served inbound.
+    // as this service (the API's `--allow-uri`): the same certificate as served inbound.
     let spec = certificate_spec("service-bidirectional-tls");
     let dn = format!("CN={}", spec.cn);
     let first = service.pod.leaf("service-tls").clone();

@@ -9,8 +9,9 @@ use serde_json::Value;
 use crate::deploy_manifests::{containers, is_ours, repo, source_docs, strings};
 use crate::support::pki::{Eku, LeafSpec};
 
-/// The Certificate of `deploy/` that writes Secret `secret`, as a `LeafSpec` (CN, DNS names, O,
-/// OU, and the EKUs of its usages); keys stay `TestPki`'s default (ECDSA P-256, as `deploy/`).
+/// The Certificate of `deploy/` that writes Secret `secret`, as a `LeafSpec` (CN, DNS names, URI
+/// SANs, O, OU, and the EKUs of its usages); keys stay `TestPki`'s default (ECDSA P-256, as
+/// `deploy/`).
 pub(super) fn certificate_spec(secret: &str) -> LeafSpec {
     let found: Vec<&Value> = source_docs()
         .iter()
@@ -26,7 +27,8 @@ pub(super) fn certificate_spec(secret: &str) -> LeafSpec {
     let spec = &cert["spec"];
     let mut leaf = LeafSpec::new()
         .cn(spec["commonName"].as_str().unwrap_or(""))
-        .dns(&strings(&spec["dnsNames"]));
+        .dns(&strings(&spec["dnsNames"]))
+        .uris(&strings(&spec["uris"]));
     let subject = &spec["subject"];
     let one = |key: &str| {
         let values = strings(&subject[key]);

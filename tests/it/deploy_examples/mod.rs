@@ -6,10 +6,11 @@
 //! and the config files its kustomization generates, moving only what has to move:
 //!
 //! - Volumes become temp dirs. A Secret holds a leaf that `TestPki`'s root issues for the
-//!   `Certificate` of `deploy/` with that `secretName` (its CN, DNS names, O, OU and usages: the
-//!   guide's identities), and the root as `ca.crt`; the CA bundle ConfigMap (trust-manager's
-//!   `Bundle` target) holds the root; a generated ConfigMap holds the example's files; all three
-//!   are written the way kubelet writes them (`KubeletVolume`). An emptyDir is a plain dir.
+//!   `Certificate` of `deploy/` with that `secretName` (its CN, DNS names, URI SANs, O, OU and
+//!   usages: the guide's identities), and the root as `ca.crt`; the CA bundle ConfigMap
+//!   (trust-manager's `Bundle` target) holds the root; a generated ConfigMap holds the example's
+//!   files; all three are written the way kubelet writes them (`KubeletVolume`). An emptyDir is a
+//!   plain dir.
 //! - Paths move through *the using container's own* volumeMounts: a config that reads a path its
 //!   container does not mount fails here as it would in the pod. The only files taken from an
 //!   image are our binary (`/mtls-sidecar`) and, for an nginx started without `-c`, the nginx
@@ -58,7 +59,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::cli_clients::{curl, CurlResult};
-use crate::support::pki::Leaf;
+use crate::support::pki::{Eku, Leaf, LeafSpec};
 use crate::support::procs::{descendants, uid, ProcId};
 use crate::support::require_tool;
 use crate::support::sidecar::wait_until;
@@ -71,6 +72,18 @@ const WAIT: Duration = Duration::from_secs(20);
 /// The guide's client identity (`web-app-client-cert`) as RFC 2253, as both our `server` and
 /// nginx pass it on in `X-Client-DN`.
 const WEB_APP_DN: &str = "CN=web-app,OU=Web Services,O=Example Org";
+
+/// web-app's client certificate as a workload of another namespace could get it from a
+/// ClusterIssuer: the guide's CN, O and OU, client auth, but that namespace's URI SAN. The
+/// examples authorise by URI, so it must be refused.
+fn impostor_spec() -> LeafSpec {
+    LeafSpec::new()
+        .cn("web-app")
+        .subject_o("Example Org")
+        .subject_ou("Web Services")
+        .uris(&["spiffe://cluster.local/ns/batch/sa/web-app"])
+        .eku(Eku::Client)
+}
 
 /// True if every tool is on PATH (each one checked with `require_tool`, which fails in CI), and
 /// `setpriv` too when processes switch users (as root).

@@ -246,7 +246,7 @@ impl Pod {
             .iter()
             .map(|p| {
                 let port = p["port"].as_u64().expect("Service port number") as u16;
-                let target = self.container_port(&p["targetPort"]);
+                let target = self.service_target_port(&p["targetPort"]);
                 (port, self.port(target))
             })
             .collect();
@@ -262,8 +262,8 @@ impl Pod {
         }
     }
 
-    /// The number of a container port given by number or by name (a Service's `targetPort`, a
-    /// probe's `port`).
+    /// The number of a container port of any container, given by number or by name (a probe's
+    /// `port`; a Service's `targetPort` is `service_target_port`).
     pub(super) fn container_port(&self, port: &Value) -> u16 {
         if let Some(n) = port.as_u64() {
             return n as u16;
@@ -276,6 +276,31 @@ impl Pod {
             .and_then(|p| p["containerPort"].as_u64())
             .unwrap_or_else(|| panic!("{}: no container port named {name}", self.ex.name))
             as u16
+    }
+
+    /// The container port a Service's `targetPort` reaches, as the EndpointSlice controller
+    /// resolves it before Kubernetes 1.33: a name is looked up in the regular containers only
+    /// (kubernetes/kubernetes#127958, #128850), so a port named only on a native sidecar (an
+    /// init container) reaches nothing there, and fails here.
+    pub(super) fn service_target_port(&self, port: &Value) -> u16 {
+        if let Some(n) = port.as_u64() {
+            return n as u16;
+        }
+        let name = port.as_str().expect("a port number or name");
+        self.ex
+            .containers()
+            .filter(|(list, _)| *list == "containers")
+            .flat_map(|(_, c)| c["ports"].as_array().into_iter().flatten())
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: the Service's targetPort {name} is no port of a regular container: \
+                     before Kubernetes 1.33 its endpoints get no port (a native sidecar's port \
+                     needs its number)",
+                    self.ex.name
+                )
+            }) as u16
     }
 
     /// Cluster DNS: `other`'s Service names resolve to `other` here.

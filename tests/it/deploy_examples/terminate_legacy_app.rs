@@ -5,8 +5,8 @@ use std::net::TcpStream;
 use super::manifests::{certificate_spec, flag, Example};
 use super::pod::Pod;
 use super::{
-    assert_all_gone, assert_runs_as, client_files, processes, tools, walkthrough_curl, WAIT,
-    WEB_APP_DN,
+    assert_all_gone, assert_runs_as, client_files, impostor_spec, processes, tools,
+    walkthrough_curl, WAIT, WEB_APP_DN,
 };
 use crate::support::cli_clients::pinned_pubkey;
 use crate::support::nginx::served_serial;
@@ -106,7 +106,7 @@ fn passes_on_the_guide_client_and_rotates_the_server_certificate() {
     assert_eq!(got.http_code, 200, "{got:?}\n{}", legacy.context());
     assert_legacy_answer(&got.body, WEB_APP_DN, &web_app, &|| legacy.context());
 
-    // The bidirectional service's certificate is admitted too (`--allow-dns`).
+    // The bidirectional service's certificate is admitted too (its `--allow-uri`).
     let spec = certificate_spec("service-bidirectional-tls");
     let service = pki.issue(&spec);
     let service_dir = client_files(&legacy.pod.scratch("service"), &service, &ca);
@@ -127,6 +127,13 @@ fn passes_on_the_guide_client_and_rotates_the_server_certificate() {
     let got = walkthrough_curl(&outsider_dir, &api, true, &[]);
     assert_eq!(got.http_code, 403, "{got:?}\n{}", legacy.context());
     assert!(!got.body.contains("hello from the legacy app"), "{got:?}");
+
+    // web-app's CN, O and OU, but the workload identity of another namespace (what a
+    // ClusterIssuer would sign for anyone there): 403, the CN admits nobody.
+    let impostor = pki.issue(&impostor_spec());
+    let impostor_dir = client_files(&legacy.pod.scratch("impostor"), &impostor, &ca);
+    let got = walkthrough_curl(&impostor_dir, &api, true, &[]);
+    assert_eq!(got.http_code, 403, "{got:?}\n{}", legacy.context());
 
     // No client certificate: the handshake fails, no HTTP answer at all.
     let got = walkthrough_curl(&web_app_dir, &api, false, &[]);

@@ -1139,6 +1139,7 @@ fn print_writes_out_every_default() {
         ("poll-interval", "30s"),
         ("debounce", "100ms"),
         ("shutdown-grace", "25s"),
+        ("drain-delay", "5s"),
     ];
     for (key, value) in top {
         assert_eq!(s(&v[key]).as_deref(), Some(value), "{key}:\n{printed}");

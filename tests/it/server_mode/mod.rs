@@ -10,11 +10,15 @@
 //! - `tcp`: byte copy, half-close, allow-list close, Unix socket targets
 //! - `rotation`: leaf and CA rotation under load, `--max-connection-age`
 //! - `lifecycle`: usage errors, before the first bundle, drain on SIGTERM, connection limits
+//! - `drain`: `/drain` and `mtls-sidecar drain` (readiness off for a rollout, then answered)
+//! - `ready_upstream`: `--ready-upstream` (`/readyz` follows the target)
 
+mod drain;
 mod grpc;
 mod handshake;
 mod http;
 mod lifecycle;
+mod ready_upstream;
 mod rotation;
 mod tcp;
 

@@ -1,0 +1,200 @@
+//! `/drain` for a pod's rollout: the app container's preStop hook calls it, `/readyz` turns 503
+//! (the pod leaves the Service endpoints) while the listener keeps accepting and serving, and
+//! the call is answered once `--drain-delay` has passed (the hook holds the app's SIGTERM until
+//! then). SIGTERM afterwards drains and exits 0 as always. `mtls-sidecar drain` is that hook for
+//! images that have our binary.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::*;
+use crate::support::bin;
+use crate::support::cli_clients::run_bounded;
+use crate::support::upstream::HttpUpstream;
+
+const DRAINING: &str = "not ready: draining\n";
+
+/// Requests of a background load: how many succeeded, and what the failures said.
+#[derive(Default)]
+struct Load {
+    stop: AtomicBool,
+    ok: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Load {
+    /// One request per new connection (the listener must keep accepting), until `stop`.
+    fn run(&self, client: &TlsClient, addr: &str) {
+        while !self.stop.load(Ordering::SeqCst) {
+            match client.get(addr, "/") {
+                Ok(r) if r.status == 200 => {
+                    self.ok.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(r) => self.failures.lock().unwrap().push(format!(
+                    "HTTP {}: {}",
+                    r.status,
+                    r.body_text()
+                )),
+                Err(e) => self.failures.lock().unwrap().push(e),
+            }
+        }
+    }
+
+    fn ok(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+}
+
+/// Stops the load when dropped: a failed assertion must not leave the scope's threads running
+/// (the scope would wait for them forever).
+struct StopOnDrop<'a>(&'a Load);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn drain_turns_readiness_off_keeps_serving_and_answers_after_the_delay() {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let delay = Duration::from_secs(2);
+    let mut sc = start_ready(
+        &env,
+        "http",
+        &upstream.addr(),
+        &["--allow-all", "--drain-delay", "2s"],
+    );
+    let addr = sc.listen_addr().to_string();
+    let client = TlsClient::builder(&env.pki.root.cert_pem)
+        .leaf(&env.pki.client())
+        .settle(Duration::ZERO)
+        .build();
+    let load = Load::default();
+    let drained = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&load);
+        for _ in 0..2 {
+            s.spawn(|| load.run(&client, &addr));
+        }
+        assert!(
+            sc.wait_until(WAIT, || load.ok() >= 5),
+            "the load never got going"
+        );
+        let requested = Instant::now();
+        let (sc, drained) = (&sc, &drained);
+        let drain = s.spawn(move || {
+            let answer = sc.get("/drain");
+            drained.store(true, Ordering::SeqCst);
+            (answer, requested.elapsed())
+        });
+        // Readiness is off while /drain holds its answer, and the admin endpoint answers
+        // other requests meanwhile.
+        let off = sc.wait_until(WAIT, || {
+            sc.get("/readyz") == (503, DRAINING.to_string()) && !drained.load(Ordering::SeqCst)
+        });
+        assert!(
+            off,
+            "/readyz not {DRAINING:?} while /drain was held: {:?}",
+            sc.get("/readyz")
+        );
+        assert!(sc.healthy(), "/healthz stays 200 while draining");
+        let served_at_off = load.ok();
+        let ((code, body), took) = drain.join().expect("drain thread");
+        let served_while_draining = load.ok() - served_at_off;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.starts_with("drained"), "{body}");
+        assert!(
+            took >= delay,
+            "/drain answered after {took:?}, before {delay:?}"
+        );
+        assert!(
+            served_while_draining > 0,
+            "no request served while /drain was held"
+        );
+        // Still serving after the answer (the app stops next, then SIGTERM reaches us).
+        let after = load.ok();
+        assert!(
+            sc.wait_until(WAIT, || load.ok() > after),
+            "no request served after /drain answered"
+        );
+    });
+    let failures = load.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert_eq!(sc.get("/readyz"), (503, DRAINING.to_string()));
+    // A second call answers at once (the delay is over) and logs nothing new.
+    let again = sc.get("/drain");
+    assert_eq!(again.0, 200, "{}", again.1);
+    let logged = sc.log().matches("draining: readiness off").count();
+    assert_eq!(logged, 1, "{}", sc.log());
+    let status = sc.terminate();
+    assert_eq!(status.code(), Some(0), "{status}\n{}", sc.log());
+}
+
+#[test]
+fn post_drain_works_too_and_other_methods_are_refused() {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let sc = start_ready(
+        &env,
+        "http",
+        &upstream.addr(),
+        &["--allow-all", "--drain-delay", "0"],
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(WAIT))
+        .build()
+        .into();
+    let url = format!("http://{}/drain", sc.admin_addr());
+    let put = agent.put(&url).send_empty().expect("PUT /drain");
+    assert_eq!(put.status().as_u16(), 405);
+    assert!(sc.ready(), "a refused method started the drain");
+    let mut post = agent.post(&url).send_empty().expect("POST /drain");
+    assert_eq!(post.status().as_u16(), 200);
+    let body = post.body_mut().read_to_string().unwrap_or_default();
+    assert!(body.starts_with("drained"), "{body}");
+    assert_eq!(sc.get("/readyz"), (503, DRAINING.to_string()));
+}
+
+#[test]
+fn drain_command_waits_for_the_delay_and_exits_0() {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let sc = start_ready(
+        &env,
+        "http",
+        &upstream.addr(),
+        &["--allow-all", "--drain-delay", "1s"],
+    );
+    let mut cmd = Command::new(bin());
+    cmd.env_remove("RUST_LOG")
+        .args(["drain", "--admin", sc.admin_addr(), "--timeout", "20s"]);
+    let started = Instant::now();
+    let ran = run_bounded(&mut cmd, b"", Duration::from_secs(30));
+    assert!(ran.success(), "{ran:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "{ran:?}");
+    assert!(ran.stdout.starts_with("drained"), "{ran:?}");
+    assert_eq!(sc.get("/readyz"), (503, DRAINING.to_string()));
+}
+
+#[test]
+fn drain_command_without_a_sidecar_exits_1_naming_the_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let admin = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(bin());
+    cmd.env_remove("RUST_LOG")
+        .args(["drain", "--admin", &admin, "--timeout", "5s"]);
+    let ran = run_bounded(&mut cmd, b"", WAIT);
+    assert_eq!(ran.status.and_then(|s| s.code()), Some(1), "{ran:?}");
+    assert!(
+        ran.stderr.contains(&admin) && ran.stderr.contains("--admin-listen"),
+        "{ran:?}"
+    );
+}
