@@ -1,4 +1,4 @@
-//! The admin endpoint (SPEC "Admin endpoint"), plain HTTP/1.1: `/healthz`, `/readyz`, `/status`
+//! The admin endpoint (the contract: "Admin endpoint"), plain HTTP/1.1: `/healthz`, `/readyz`, `/status`
 //! (JSON), `/metrics` (Prometheus text) and `/drain` (readiness off for a pod's rollout: see
 //! [`drain`]). It reads the stores and the metrics registry; it never changes them.
 //! Unauthenticated clients can reach it, so a flood of connections must not keep probes out
@@ -370,7 +370,7 @@ pub async fn not_ready(state: &AdminState) -> Option<String> {
     (!waiting.is_empty()).then(|| waiting.join("; "))
 }
 
-/// The `/status` document (SPEC shape; more fields may be added).
+/// The `/status` document (the README's shape; more fields may be added).
 pub fn status(state: &AdminState) -> Value {
     let parts = state.parts();
     let sets: Vec<Value> = parts.stores.iter().map(|s| set_status(s)).collect();

@@ -68,7 +68,7 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Where one credential set lives and what its leaf must carry (SPEC "Credentials").
+/// Where one credential set lives and what its leaf must carry (the contract: "Credentials").
 #[derive(Debug, Args)]
 pub struct CredentialArgs {
     /// A mounted kubernetes.io/tls Secret: DIR/tls.crt, DIR/tls.key, DIR/ca.crt.
@@ -153,7 +153,7 @@ pub struct CheckArgs {
     pub output: OutputFormat,
 }
 
-/// How changes are noticed (SPEC "Credentials").
+/// How changes are noticed (the contract: "Credentials").
 #[derive(Debug, Args)]
 pub struct ReloadArgs {
     /// Re-hash the files this often even without file events; `0` turns polling off.

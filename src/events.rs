@@ -1,5 +1,5 @@
 //! Typed events: each function writes the log line and updates the metrics for one thing that
-//! happened, so logs and metrics cannot drift (SPEC "Logging": one line per reload with set,
+//! happened, so logs and metrics cannot drift (the contract: "Logging": one line per reload with set,
 //! old and new serial, not_after, result and reason).
 
 use std::time::SystemTime;
@@ -100,7 +100,7 @@ pub(crate) fn reload_refused(
         .inc();
 }
 
-/// Our own failure while reloading: counted as a failed reload, without a SPEC reason code.
+/// Our own failure while reloading: counted as a failed reload, without a reason code.
 pub(crate) fn reload_internal(m: &Metrics, set: &str, message: &str) {
     error!(
         set,

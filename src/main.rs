@@ -1,5 +1,5 @@
 //! Entry point: parse flags, set up logging, run the subcommand, map the outcome to the exit
-//! codes of SPEC.md (0 ok, 1 invalid or runtime failure, 2 usage).
+//! codes of the README (0 ok, 1 invalid or runtime failure, 2 usage).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -17,6 +17,11 @@ use mtls_sidecar::demo::DemoConfig;
 use mtls_sidecar::limits;
 use mtls_sidecar::proxy::Protocol;
 use mtls_sidecar::signals;
+
+/// mimalloc instead of the C library's allocator: the static musl build's own allocator is slow
+/// under many threads, and glibc's keeps freed connection buffers (README "Sizing").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let matches = Cli::command()

@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC "Admin endpoint"): one registry per process, label sets typed so a
+//! Prometheus metrics (the contract: "Admin endpoint"): one registry per process, label sets typed so a
 //! metric cannot be recorded with the wrong labels. Recording happens in [`crate::events`], next
 //! to the log line for the same event; `/metrics` renders [`Metrics::encode`].
 

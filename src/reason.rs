@@ -1,11 +1,11 @@
-//! The SPEC's reason codes: one per failure class, shared by logs, `check` output, `/status` and the
+//! The reason codes of the contract (README "Reason codes"): one per failure class, shared by logs, `check` output, `/status` and the
 //! `reason` metric label. Stage errors (`LoadError`, `ValidateError`) map onto these, never the reverse.
 
 use std::fmt;
 
 use serde::Serialize;
 
-/// Why a credential update was refused (SPEC "Validation").
+/// Why a credential update was refused (the contract: "Validation").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -30,7 +30,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every code, in SPEC order (for metrics pre-registration and docs tests).
+    /// Every code, in the contract's order (for metrics pre-registration and docs tests).
     pub const ALL: [Reason; 18] = [
         Reason::MissingFile,
         Reason::Unreadable,
@@ -52,7 +52,7 @@ impl Reason {
         Reason::InconsistentSnapshot,
     ];
 
-    /// The code exactly as SPEC.md spells it.
+    /// The code exactly as the README spells it.
     pub const fn as_str(self) -> &'static str {
         match self {
             Reason::MissingFile => "missing_file",

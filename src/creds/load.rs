@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::paths::FileRole;
 use crate::reason::Reason;
 
-/// Files larger than this are refused with `too_large` (SPEC: 1 MiB).
+/// Files larger than this are refused with `too_large` (1 MiB).
 pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
 
 /// The bytes of one credential file as read, with the SHA-256 of its content.

@@ -32,7 +32,7 @@ pub struct Publish {
 /// Why an update was not published.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// The files were read and refused: a SPEC reason code.
+    /// The files were read and refused: a reason code.
     Rejected(Reason),
     /// Our own failure (a panic while reading or validating): a bug, never the files' fault.
     Internal,

@@ -1,5 +1,5 @@
 //! `ValidateError`: one variant per validation failure class. Each message names the file and
-//! says what to do; [`ValidateError::reason`] gives the SPEC reason code. Messages carry public
+//! says what to do; [`ValidateError::reason`] gives the reason code. Messages carry public
 //! facts only (paths, subjects, serials), never key material.
 
 use std::path::{Path, PathBuf};
@@ -84,7 +84,7 @@ pub enum ValidateError {
 }
 
 impl ValidateError {
-    /// The SPEC reason code for this failure.
+    /// The reason code for this failure.
     pub fn reason(&self) -> Reason {
         match self {
             ValidateError::BadPem { .. } => Reason::BadPem,

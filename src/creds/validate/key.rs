@@ -1,5 +1,5 @@
 //! The private key: which algorithm and size it is (from its own encoding, so a weak or exotic
-//! key is named even when the crypto provider refuses it), whether SPEC allows it, and loading it
+//! key is named even when the crypto provider refuses it), whether the contract allows it, and loading it
 //! into a rustls `SigningKey`. Nothing here formats key bytes.
 
 use std::path::Path;
@@ -86,7 +86,7 @@ fn sec1_kind(sec1_der: &[u8], curve_oid: Option<String>) -> Result<KeyKind, Stri
     Ok(KeyKind::Ecdsa { curve })
 }
 
-/// SPEC "Keys": RSA 2048-8192, ECDSA P-256/P-384, Ed25519.
+/// The contract ("Keys"): RSA 2048-8192, ECDSA P-256/P-384, Ed25519.
 pub(super) fn check_allowed(kind: &KeyKind, path: &Path) -> Result<(), ValidateError> {
     let unsupported = |what: String| ValidateError::UnsupportedKey {
         path: path.to_path_buf(),

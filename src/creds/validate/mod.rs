@@ -1,5 +1,5 @@
 //! Validation: `RawBundle` (bytes) -> [`Bundle`] (usable, proven valid) or a [`Rejection`] listing
-//! every failure with its SPEC reason code. [`inspect`] is the one implementation; it also accepts
+//! every failure with its reason code. [`inspect`] is the one implementation; it also accepts
 //! partial input so `check` can report on whatever files could be read.
 //!
 //! Rules, in order: PEM shape of each file; certificate parsing; private key count, algorithm,

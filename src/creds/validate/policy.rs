@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use rustls_pki_types::UnixTime;
 use serde::Serialize;
 
-/// Which TLS role the leaf must be fit for (SPEC `--usage`).
+/// Which TLS role the leaf must be fit for (`--usage`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Usage {

@@ -17,7 +17,7 @@ pub struct Allow {
 }
 
 impl Allow {
-    /// True if at least one rule is configured (SPEC: one is required).
+    /// True if at least one rule is configured (one is required).
     pub fn is_configured(&self) -> bool {
         self.all
             || !(self.cn.is_empty()

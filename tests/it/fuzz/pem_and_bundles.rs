@@ -598,7 +598,7 @@ const KEY_KINDS: [SectionKind; 3] = [
     SectionKind::EcPrivateKey,
 ];
 
-/// `-----BEGIN ... PRIVATE KEY-----` lines of formats the tool refuses (SPEC: such a file is
+/// `-----BEGIN ... PRIVATE KEY-----` lines of formats the tool refuses (the contract: such a file is
 /// refused even though the PEM parser skips the block).
 fn unsupported_key_labels(bytes: &[u8]) -> usize {
     bytes

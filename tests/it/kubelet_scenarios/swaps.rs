@@ -289,7 +289,7 @@ fn s11_burst_of_50_swaps_applies_the_last() {
     }
     let last = leaves.last().expect("50 leaves");
     wait_for_serial(&sc, &last.serial_hex);
-    // The action for the final generation runs (SPEC's --min-interval may delay it).
+    // The action for the final generation runs (--min-interval may delay it).
     let done = sc.wait_until(WAIT, || env.exec.shas().last() == Some(&last.sha256_hex));
     assert!(
         done,

@@ -336,7 +336,7 @@ fn unreachable_upstream_answers_502_and_is_counted() {
     );
 }
 
-/// What bounds the wait for a slow upstream is `--idle-timeout` (SPEC.md has no separate
+/// What bounds the wait for a slow upstream is `--idle-timeout` (the contract has no separate
 /// upstream response timeout).
 #[test]
 fn slow_upstream_answers_504_and_is_counted() {
