@@ -691,8 +691,8 @@ def sidecar_policy(where, doc, errors):
 # Keys of a `run --config` file that name files or directories (src/config/raw.rs).
 SET_PATH_KEYS = ("cert-dir", "cert", "key", "ca", "peer-ca")
 WATCH_PATH_KEYS = ("stage-dir", "pid-file", "webhook-ca")
-ADMIN_LISTEN_DEFAULT = "0.0.0.0:9901"
-SERVER_LISTEN_DEFAULT = "0.0.0.0:8443"
+ADMIN_LISTEN_DEFAULT = "[::]:9901"
+SERVER_LISTEN_DEFAULT = "[::]:8443"
 
 
 # Memory of `server`/`client` (bench/memory.sh, README "Sizing"): about 9 MiB at rest and 50 KiB per
@@ -730,6 +730,9 @@ def drain_on_rollout(at, pod, c, admin_port, errors):
     """A pod whose sidecar serves the app's callers: every app container drains it first (its
     preStop GETs /drain on the admin port), and the grace period covers drain and shutdown."""
     for app in pod.get("containers") or []:
+        if not app.get("readinessProbe"):
+            errors.append(f"{at}: app container {app.get('name')!r} needs its own readinessProbe: "
+                          "the sidecar's /readyz says nothing about the app behind it")
         get = (((app.get("lifecycle") or {}).get("preStop") or {}).get("httpGet") or {})
         if get.get("path") != "/drain" or port_number(c, get.get("port")) != admin_port:
             errors.append(f"{at}: app container {app.get('name')!r} needs lifecycle.preStop.httpGet "

@@ -21,7 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -105,13 +105,7 @@ const ADMIN_BACKLOG: u32 = 1024;
 
 /// Binds `addr`; the caller reports a bind failure as a usage/runtime error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(ADMIN_BACKLOG)?;
+    let listener = crate::net::listen(addr, ADMIN_BACKLOG)?;
     info!(address = %listener.local_addr()?, "admin endpoint listening");
     Ok(listener)
 }

@@ -6,7 +6,8 @@
 //!
 //! Data flows one way; a module imports only from the stages before it (and `app` knows them
 //! all). From the bottom up:
-//! - [`reason`]: the reason codes every stage shares.
+//! - [`reason`]: the reason codes every stage shares; [`net`]: listening sockets (`[::]` is
+//!   dual-stack).
 //! - [`creds`]: [`creds::paths`] (which files form a set), [`creds::load`] (bounded, hashed
 //!   reads), [`creds::snapshot`] (one consistent read through kubelet's `..data`),
 //!   [`creds::pem`], [`creds::dn`] and [`creds::x509`] (certificate names, the one DNS matching
@@ -42,6 +43,7 @@ pub mod demo;
 pub mod events;
 pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod proxy;
 pub mod reason;
 pub mod reload;

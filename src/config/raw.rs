@@ -104,7 +104,7 @@ pub struct RawListener {
     /// The set whose credentials it uses.
     #[serde(default)]
     pub credentials: String,
-    /// Address to listen on [server default: 0.0.0.0:8443; client: required, loopback].
+    /// Address to listen on [server default: [::]:8443, IPv6 and IPv4; client: required, loopback].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// server: the plaintext app (host:port or unix:/path); client: the mTLS server (host:port).

@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -239,14 +239,7 @@ const LISTEN_BACKLOG: u32 = 1024;
 
 /// Binds the listening socket for `addr` (the caller logs what it serves on it).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    // As the standard library does: a restarted sidecar can bind while old connections linger.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    crate::net::listen(addr, LISTEN_BACKLOG)
 }
 
 /// Accepts until `shutdown`; connection tasks go to `tracker`. Returns the listening socket,

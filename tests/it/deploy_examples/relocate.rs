@@ -64,7 +64,7 @@ const CONFIG_WATCH_PATHS: &[&str] = &["stage-dir", "pid-file", "webhook-ca"];
 const CONFIG_LISTENER_ADDRS: &[&str] = &["listen", "target"];
 const CONFIG_WATCH_ADDRS: &[&str] = &["verify-addr", "webhook"];
 /// Where a server listener without `listen` listens (src/config/defaults.rs).
-const SERVER_LISTEN_DEFAULT: &str = "0.0.0.0:8443";
+const SERVER_LISTEN_DEFAULT: &str = "[::]:8443";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -208,8 +208,15 @@ impl Pod {
             let (arg, tail) = rest.split_at(end);
             let new = match directive {
                 // A bare port is every address of the pod: loopback here.
+                // nginx binds `[::]` as IPv6-only, beside a bare port's IPv4: IPv6 loopback here.
                 "listen" => match arg.parse::<u16>() {
                     Ok(port) => format!("127.0.0.1:{}", self.port(port)),
+                    Err(_) if arg.starts_with("[::]:") => {
+                        let port = arg["[::]:".len()..].parse::<u16>().unwrap_or_else(|_| {
+                            panic!("{origin}:{n}: `listen {arg}` is not emulated here")
+                        });
+                        format!("[::1]:{}", self.port(port))
+                    }
                     Err(_) => self.addr(arg).unwrap_or_else(|| {
                         panic!("{origin}:{n}: `listen {arg}` is not emulated here")
                     }),

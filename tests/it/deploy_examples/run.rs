@@ -16,7 +16,7 @@ use crate::support::procs::Reaped;
 use crate::support::sidecar::{wait_until, Sidecar, INOTIFY_GATE};
 
 /// Where `--admin-listen` and a config file's `admin-listen` default to (src/config/defaults.rs).
-const ADMIN_LISTEN_DEFAULT: &str = "0.0.0.0:9901";
+const ADMIN_LISTEN_DEFAULT: &str = "[::]:9901";
 
 /// Runs `BIN run --log-format json ARGS` for `sh -c SHIM BIN SUBCOMMAND ... -- ARGS`: `Sidecar`
 /// puts `--admin-listen 127.0.0.1:0 --log-format json` after the subcommand, and `run` takes no

@@ -22,6 +22,15 @@ fn xfcc_hash(body: &str) -> Option<&str> {
         .find_map(|part| part.strip_prefix("Hash="))
 }
 
+/// True if `body` is the legacy app's answer, passing on the identity of `client` (with DN
+/// `dn`).
+pub(super) fn is_legacy_answer(body: &str, dn: &str, client: &Leaf) -> bool {
+    body.starts_with("hello from the legacy app\n")
+        && body.lines().any(|l| l == format!("X-Client-DN: {dn}"))
+        && body.lines().any(|l| l == "X-Client-Verify: SUCCESS")
+        && xfcc_hash(body) == Some(client.sha256_hex.as_str())
+}
+
 /// Assert the legacy app answered, passing on the identity of `client` (with DN `dn`).
 pub(super) fn assert_legacy_answer(
     body: &str,
@@ -30,10 +39,7 @@ pub(super) fn assert_legacy_answer(
     context: &dyn Fn() -> String,
 ) {
     assert!(
-        body.starts_with("hello from the legacy app\n")
-            && body.lines().any(|l| l == format!("X-Client-DN: {dn}"))
-            && body.lines().any(|l| l == "X-Client-Verify: SUCCESS")
-            && xfcc_hash(body) == Some(client.sha256_hex.as_str()),
+        is_legacy_answer(body, dn, client),
         "not the legacy app's answer for {dn} (sha256 {}):\n{body}\n{}",
         client.sha256_hex,
         context()
@@ -43,8 +49,10 @@ pub(super) fn assert_legacy_answer(
 /// The terminate-legacy-app pod, running: our `server` sidecar in front of the app (nginx with
 /// `legacy-app.conf`). Fields drop in order: the processes stop before the pod's files go.
 pub(super) struct LegacyApp {
-    app: Reaped,
-    server: Sidecar,
+    /// The app container's nginx master.
+    pub(super) app: Reaped,
+    /// The native sidecar.
+    pub(super) server: Sidecar,
     pub(super) pod: Pod,
 }
 

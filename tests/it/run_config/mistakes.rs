@@ -1135,7 +1135,7 @@ fn print_writes_out_every_default() {
     let v = parse_yaml(&printed);
     let s = |v: &Value| v.as_str().map(str::to_string);
     let top = [
-        ("admin-listen", "0.0.0.0:9901"),
+        ("admin-listen", "[::]:9901"),
         ("poll-interval", "30s"),
         ("debounce", "100ms"),
         ("shutdown-grace", "25s"),
@@ -1180,7 +1180,7 @@ fn print_writes_out_every_default() {
     let comment = "  # max-connections: 10000 (default; lowered to fit the open-file limit";
     assert_eq!(printed.matches(comment).count(), 2, "{printed}");
     let inbound = &v["listeners"][0];
-    assert_eq!(s(&inbound["listen"]).as_deref(), Some("0.0.0.0:8443"));
+    assert_eq!(s(&inbound["listen"]).as_deref(), Some("[::]:8443"));
     assert_eq!(inbound["allow-all"], Value::Bool(false), "{printed}");
     assert_eq!(v["listeners"][1]["unsafe-listen"], Value::Bool(false));
     let watch = &v["watch"][0];
