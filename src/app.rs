@@ -207,6 +207,8 @@ struct ListenerRun {
     stats: Arc<ListenerStats>,
     /// Stops accepting.
     stop: CancellationToken,
+    /// Closes its connections gracefully (also cancelled by a drain, for a server listener).
+    conns: CancellationToken,
     /// The listening socket, once the accept loop stopped (dropped: closed).
     socket: oneshot::Receiver<TcpListener>,
     /// The set it serves, and the task that keeps its TLS config in step with the set's store
@@ -535,6 +537,12 @@ impl Runtime {
         let (name, listen) = (cfg.name.clone(), cfg.listen);
         let (stop, cancel) = (CancellationToken::new(), self.cancel.child_token());
         let (handover, socket_back) = oneshot::channel();
+        // A server listener's connections close at a drain (`/drain`), a client listener's (the
+        // app's own calls) only with the listener.
+        let conns = match plan.role {
+            Role::Server { .. } => self.admin.drain.token().child_token(),
+            Role::Client { .. } => CancellationToken::new(),
+        };
         let tracker = TaskTracker::new();
         let (stats, follow): (_, Follow);
         match plan.role {
@@ -549,7 +557,7 @@ impl Runtime {
                 let handler = Arc::new(Inbound::new(shared, allow));
                 let h = handler.clone();
                 follow = Arc::new(move |store, cancel| Box::pin(h.follow(store, cancel)));
-                self.serve(handler, socket, &stop, handover, &tracker);
+                self.serve(handler, socket, (&stop, &conns), handover, &tracker);
             }
             Role::Client { remote, pins } => {
                 let shared = Shared::new(
@@ -562,7 +570,7 @@ impl Runtime {
                 let handler = Arc::new(Outbound::new(shared, remote, pins));
                 let h = handler.clone();
                 follow = Arc::new(move |store, cancel| h.follow(store, cancel));
-                self.serve(handler, socket, &stop, handover, &tracker);
+                self.serve(handler, socket, (&stop, &conns), handover, &tracker);
             }
         }
         let following = cancel.child_token();
@@ -579,6 +587,7 @@ impl Runtime {
                 set: plan.set,
                 stats,
                 stop,
+                conns,
                 socket: socket_back,
                 follow,
                 following,
@@ -611,12 +620,12 @@ impl Runtime {
         &mut self,
         handler: Arc<H>,
         socket: TcpListener,
-        stop: &CancellationToken,
+        (stop, conns): (&CancellationToken, &CancellationToken),
         handover: oneshot::Sender<TcpListener>,
         tracker: &TaskTracker,
     ) {
         let (stop, tracker) = (stop.clone(), tracker.clone());
-        let accept = listener::serve(socket, handler, stop.clone(), tracker);
+        let accept = listener::serve(socket, handler, stop.clone(), conns.clone(), tracker);
         self.spawn_with("accept loop", stop, async move {
             // Nobody waiting for it: the socket closes here.
             let _ = handover.send(accept.await);
@@ -628,6 +637,7 @@ impl Runtime {
     /// grace period (in the background), then its other tasks stop.
     async fn drain(&mut self, run: ListenerRun) -> Option<TcpListener> {
         run.stop.cancel();
+        run.conns.cancel();
         let socket = run.socket.await.ok();
         run.tracker.close();
         let grace = self.grace;
@@ -711,6 +721,7 @@ impl Runtime {
         info!(grace = ?self.grace, "shutting down: no new connections, draining open ones");
         for run in self.listeners.values() {
             run.stop.cancel();
+            run.conns.cancel();
         }
         let mut open = 0;
         for run in self.listeners.values_mut() {

@@ -4,7 +4,10 @@
 //! container's preStop hook before it sends the app SIGTERM: a hook that calls `/drain` turns
 //! readiness off (the pod leaves the endpoints) and is answered only after `drain-delay`, so the
 //! app is stopped once the endpoints no longer send traffic here. The listeners keep accepting
-//! and serving meanwhile: the endpoints take seconds to propagate, and the app is still alive.
+//! and serving meanwhile: the endpoints take seconds to propagate, and the app is still alive;
+//! but each connection to a server listener closes once its request is answered (HTTP/1
+//! `Connection: close`, HTTP/2 GOAWAY), so kept-alive clients reconnect through the Service to
+//! pods that stay.
 //!
 //! [`Drain`] is that state; [`request`] is the `drain` subcommand's side of it (an exec preStop
 //! hook in images that have our binary).
@@ -15,6 +18,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 /// Whether the process drains, since when, and for how long `/drain` holds its answer.
@@ -24,6 +28,10 @@ pub struct Drain {
     started: OnceLock<Instant>,
     /// `drain-delay`, as the running configuration says.
     delay: Mutex<Duration>,
+    /// Cancelled when the drain starts: the server listeners' connections then close once their
+    /// request is answered (kept-alive clients would otherwise stay on this pod until the app
+    /// is gone).
+    started_token: CancellationToken,
 }
 
 impl Drain {
@@ -41,6 +49,11 @@ impl Drain {
         self.started.get().is_some()
     }
 
+    /// Cancelled once the drain starts (see the field).
+    pub fn token(&self) -> &CancellationToken {
+        &self.started_token
+    }
+
     /// Starts draining (the first call), then waits until `drain-delay` has passed since the
     /// start (later calls wait for what remains of it). Returns how long readiness has been off.
     pub async fn wait(&self) -> Duration {
@@ -51,7 +64,11 @@ impl Drain {
         });
         let delay = self.delay();
         if first {
-            info!(?delay, "draining: readiness off");
+            info!(
+                ?delay,
+                "draining: readiness off; connections close after their request"
+            );
+            self.started_token.cancel();
         }
         tokio::time::sleep_until(started + delay).await;
         started.elapsed()

@@ -242,13 +242,16 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     crate::net::listen(addr, LISTEN_BACKLOG)
 }
 
-/// Accepts until `shutdown`; connection tasks go to `tracker`. Returns the listening socket,
-/// still open: connections the kernel queued meanwhile wait for whoever serves it next (a
-/// changed listener on the same address), or are refused when it is dropped.
+/// Accepts until `shutdown`; connection tasks go to `tracker` and close gracefully once `close`
+/// is cancelled (at shutdown, or from the start of a drain: each connection then finishes its
+/// request and closes, so kept-alive clients move to the pods still in the Service). Returns
+/// the listening socket, still open: connections the kernel queued meanwhile wait for whoever
+/// serves it next (a changed listener on the same address), or are refused when it is dropped.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     shutdown: CancellationToken,
+    close: CancellationToken,
     tracker: TaskTracker,
 ) -> TcpListener {
     let name = handler.shared().cfg.name.clone();
@@ -271,14 +274,14 @@ pub async fn serve<H: Handler>(
             },
         };
         let handler = handler.clone();
-        let shutdown = shutdown.clone();
+        let close = close.clone();
         let span = info_span!("conn", listener = %name, %peer);
         tracker.spawn(
             async move {
                 let _permit = permit;
                 let _open = Open::count(handler.clone());
                 let _ = tcp.set_nodelay(true);
-                handler.handle(tcp, peer, shutdown).await;
+                handler.handle(tcp, peer, close).await;
             }
             .instrument(span),
         );

@@ -39,6 +39,9 @@
 //!
 //! - `terminate_legacy_app`, `nginx_reload`, `outbound_client`, `bidirectional`: one file per
 //!   example, its tests
+//! - `rollout`: a rolling update of terminate-legacy-app under traffic, kubelet running the
+//!   app's preStop hook (`/drain`) before it stops the app and then the sidecar, the endpoints
+//!   following the sidecar's readiness; and the same without the hook, as a control
 //! - `manifests`: the examples as written; `pod`: one pod here (volumes, Service, logs);
 //!   `relocate`: paths, ports, nginx configs and `run --config` files moved here; `run`:
 //!   containers run as kubelet would (command lines, init containers, probes, users)
@@ -49,6 +52,7 @@ mod nginx_reload;
 mod outbound_client;
 mod pod;
 mod relocate;
+mod rollout;
 mod run;
 mod terminate_legacy_app;
 
