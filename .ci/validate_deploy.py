@@ -544,6 +544,23 @@ def pod_labels(doc):
     return (((doc.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
 
 
+def availability_policy(docs, errors):
+    """A Deployment of several replicas keeps one through voluntary disruptions and spreads over
+    nodes: a PodDisruptionBudget selects its pods, and it has topologySpreadConstraints."""
+    budgets = [((d.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+               for _, d in docs if d.get("kind") == "PodDisruptionBudget"]
+    for where, d in docs:
+        if d.get("kind") != "Deployment" or ((d.get("spec") or {}).get("replicas") or 1) < 2:
+            continue
+        labels = (((d["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {})
+        if not any(b and all(labels.get(k) == v for k, v in b.items()) for b in budgets):
+            errors.append(f"{where}: {d['spec']['replicas']} replicas but no PodDisruptionBudget "
+                          "selects its pods (a node drain may take them all)")
+        if not (pod_spec_of(d) or {}).get("topologySpreadConstraints"):
+            errors.append(f"{where}: {d['spec']['replicas']} replicas without "
+                          "topologySpreadConstraints (they may all land on one node)")
+
+
 def service_target_ports(docs, errors):
     """A named targetPort must be a port of a regular container of every pod the Service selects.
 
@@ -684,6 +701,10 @@ def sidecar_policy(where, doc, errors):
                     errors.append(f"{at}: readinessProbe must GET /readyz")
                 if http_probe_path(c.get("livenessProbe")) != "/healthz":
                     errors.append(f"{at}: livenessProbe must GET /healthz")
+                if subcommand(argv) in ("server", "run") and \
+                        http_probe_path(c.get("startupProbe")) != "/readyz":
+                    errors.append(f"{at}: startupProbe must GET /readyz: the app starts once the "
+                                  "sidecar serves, so the first callers are not refused")
 
 
 # === `run --config`: the config file and the pod that runs it ===
@@ -924,6 +945,7 @@ def main(paths):
         certificate_policy(docs, errors)
         namespace_policy(path, docs, errors)
         service_target_ports(docs, errors)
+        availability_policy(docs, errors)
     for e in errors:
         print(f"ERROR {e}")
     print(f"validate_deploy: {len(paths)} kustomizations, {counts['core']} core objects "
