@@ -31,7 +31,7 @@ listeners:
     kind: server
     credentials: service
     target: 127.0.0.1:8080
-    allow-cn: [web-app]
+    allow-uri: [spiffe://cluster.local/ns/production/sa/web-app]
   - name: outbound
     kind: client
     credentials: service
