@@ -42,11 +42,15 @@
 //! - `rollout`: a rolling update of terminate-legacy-app under traffic, kubelet running the
 //!   app's preStop hook (`/drain`) before it stops the app and then the sidecar, the endpoints
 //!   following the sidecar's readiness; and the same without the hook, as a control
+//! - `ca_rotation`: docs/ca-rotation.md replayed on terminate-legacy-app called by
+//!   outbound-client under traffic (trust the new root, re-issue the leaves, untrust the old
+//!   root); and the old root removed first, as a control (refused, nothing breaks)
 //! - `manifests`: the examples as written; `pod`: one pod here (volumes, Service, logs);
 //!   `relocate`: paths, ports, nginx configs and `run --config` files moved here; `run`:
 //!   containers run as kubelet would (command lines, init containers, probes, users)
 
 mod bidirectional;
+mod ca_rotation;
 mod manifests;
 mod nginx_reload;
 mod outbound_client;

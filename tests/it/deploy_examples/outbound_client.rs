@@ -11,16 +11,9 @@ use crate::support::cli_clients::run_bounded;
 use crate::support::pki::TestPki;
 use crate::support::sidecar::{Sidecar, INOTIFY_GATE};
 
-#[test]
-fn carries_the_app_call_to_the_legacy_app_as_web_app() {
-    if !tools(&["nginx", "curl", "openssl"]) {
-        return;
-    }
-    let pki = TestPki::new();
-    let legacy = LegacyApp::start(&pki);
-    let mut pod = Pod::new(Example::load("outbound-client"), &pki);
-    pod.resolve_service_of(&legacy.pod);
-
+/// Start the pod's `client` sidecar as kubelet would, and wait for its probes (the app starts
+/// once the startup probe, `/readyz`, passed): the sidecar, and its arguments here.
+pub(super) fn start_client_sidecar(pod: &Pod) -> (Sidecar, Vec<String>) {
     let sidecar = pod.ex.sidecar();
     let (sub, mut args) = pod.sidecar_command(sidecar);
     assert_eq!(sub, "client", "outbound-client runs `client`");
@@ -35,8 +28,22 @@ fn carries_the_app_call_to_the_legacy_app_as_web_app() {
         let _gate = INOTIFY_GATE.read().unwrap_or_else(|e| e.into_inner());
         Sidecar::start_via(&pod.run_as(sidecar), "client", &args)
     };
-    // The app starts once the startup probe (/readyz) passed.
     pod.wait_probes(sidecar, &client);
+    (client, args)
+}
+
+#[test]
+fn carries_the_app_call_to_the_legacy_app_as_web_app() {
+    if !tools(&["nginx", "curl", "openssl"]) {
+        return;
+    }
+    let pki = TestPki::new();
+    let legacy = LegacyApp::start(&pki);
+    let mut pod = Pod::new(Example::load("outbound-client"), &pki);
+    pod.resolve_service_of(&legacy.pod);
+
+    let sidecar = pod.ex.sidecar();
+    let (client, _) = start_client_sidecar(&pod);
     let context = || {
         format!(
             "--- client sidecar ---\n{}\n{}",

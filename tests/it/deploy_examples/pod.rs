@@ -13,7 +13,7 @@ use super::manifests::{ca_bundle_key, certificate_spec, Example};
 use crate::deploy_manifests::is_ours;
 use crate::support::fixture::tls_files;
 use crate::support::kubelet::KubeletVolume;
-use crate::support::pki::{Leaf, TestPki};
+use crate::support::pki::{Ca, Leaf, TestPki};
 
 /// A Service in front of a pod: its cluster DNS name, and per Service port the container port it
 /// targets, as a free port here.
@@ -219,14 +219,45 @@ impl Pod {
         pki.issue(&certificate_spec(&self.secrets[volume].0))
     }
 
+    /// cert-manager re-issues the Certificate of Secret volume `volume` from `ca` (its Issuer
+    /// now points at that CA): a new leaf, a new key.
+    pub(super) fn reissue_by(&self, pki: &TestPki, ca: &Ca, volume: &str) -> Leaf {
+        pki.issue_by(ca, &certificate_spec(&self.secrets[volume].0))
+    }
+
     /// kubelet delivers `leaf` (and the same CA) into Secret volume `volume`: one atomic swap.
     pub(super) fn publish(&mut self, volume: &str, leaf: &Leaf) {
-        let files = tls_files(leaf, &self.ca_pem);
+        let ca_pem = self.ca_pem.clone();
+        self.publish_issued(volume, leaf, &ca_pem);
+    }
+
+    /// `publish`, with `ca_pem` as the Secret's `ca.crt` (cert-manager's CA Issuer writes the
+    /// CA that signed the leaf there).
+    pub(super) fn publish_issued(&mut self, volume: &str, leaf: &Leaf, ca_pem: &str) {
+        let files = tls_files(leaf, ca_pem);
         self.kubelet
             .get_mut(volume)
             .unwrap_or_else(|| panic!("no Secret volume {volume}"))
             .write(&files);
         self.secrets.get_mut(volume).expect("a Secret volume").1 = leaf.clone();
+    }
+
+    /// The CA bundle ConfigMap (trust-manager's target) now holds `ca_pem`: kubelet delivers it
+    /// into every volume of it, one atomic swap each. Secrets keep their `ca.crt` (it changes
+    /// with a new leaf: `publish_issued`).
+    pub(super) fn publish_ca_bundle(&mut self, ca_pem: &str) {
+        let volumes = self.ex.pod()["volumes"].as_array().expect("pod volumes");
+        let mut delivered = 0;
+        for v in volumes {
+            let key = v["configMap"]["name"].as_str().and_then(ca_bundle_key);
+            if let (Some(name), Some(key)) = (v["name"].as_str(), key) {
+                let vol = self.kubelet.get_mut(name).expect("a ConfigMap volume");
+                vol.write(&[(key, ca_pem)]);
+                delivered += 1;
+            }
+        }
+        assert!(delivered > 0, "{}: no CA bundle volume", self.ex.name);
+        self.ca_pem = ca_pem.to_string();
     }
 }
 

@@ -15,7 +15,7 @@ use crate::support::procs::Reaped;
 use crate::support::sidecar::{wait_until, Sidecar};
 
 /// The `Hash=` of the `X-Forwarded-Client-Cert:` line of the legacy app's answer.
-fn xfcc_hash(body: &str) -> Option<&str> {
+pub(super) fn xfcc_hash(body: &str) -> Option<&str> {
     body.lines()
         .find_map(|l| l.strip_prefix("X-Forwarded-Client-Cert: "))?
         .split(';')
