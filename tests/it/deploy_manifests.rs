@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::bin;
+use crate::support::{bin, bin_command};
 
 /// How long a dry run may take to reach its admin endpoint (or, for `check`, to exit).
 const DRY_RUN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -762,17 +762,8 @@ fn prepare_run_config(line: &CommandLine, root: &Path) -> Result<(), String> {
     fs::create_dir_all(file.parent().expect("an absolute path has a parent")).expect("mkdir");
     let yaml = serde_saphyr::to_string(&config).expect("a JSON value is YAML");
     fs::write(&file, &yaml).expect("write the config file");
-    let mut check = Command::new(bin());
-    check
-        .args(["run", "--config"])
-        .arg(&file)
-        .arg("--check")
-        .env_remove("RUST_LOG");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
-            check.env_remove(key);
-        }
-    }
+    let mut check = bin_command();
+    check.args(["run", "--config"]).arg(&file).arg("--check");
     let out = check.output().expect("run mtls-sidecar run --check");
     if !out.status.success() {
         return Err(format!(
@@ -863,17 +854,11 @@ fn dry_run(line: &CommandLine, sub: &str) -> Result<(), String> {
 
     let log_path = dir.path().join("log");
     let log = fs::File::create(&log_path).expect("create log");
-    let mut cmd = Command::new(bin());
+    let mut cmd = bin_command();
     cmd.args(&argv)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone log"))
-        .stderr(log)
-        .env_remove("RUST_LOG");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
-            cmd.env_remove(key);
-        }
-    }
+        .stderr(log);
     // Variables set from a Secret or ConfigMap (`valueFrom`) have no value to try here.
     for (name, value) in &line.env {
         if let Some(value) = value {

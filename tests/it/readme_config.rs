@@ -6,9 +6,8 @@
 //! readme_config` rewrites README.md itself. It also fails when a key has no doc comment.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::support::bin;
+use crate::support::bin_command;
 
 /// The raw structs, in README order, with the heading of their table.
 const STRUCTS: [(&str, &str); 4] = [
@@ -102,12 +101,7 @@ fn printed() -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("config.yaml");
     std::fs::write(&file, MINIMAL).expect("write config.yaml");
-    let mut cmd = Command::new(bin());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = bin_command();
     let out = cmd
         .args(["run", "--config", "config.yaml", "--print"])
         .current_dir(dir.path())

@@ -4,9 +4,8 @@
 //! README.md itself.
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use crate::support::bin;
+use crate::support::bin_command;
 
 /// Every subcommand that has a reference block (`mtls-sidecar` is the top level).
 const BLOCKS: [&str; 8] = [
@@ -27,14 +26,9 @@ fn readme() -> PathBuf {
 /// `mtls-sidecar [SUB] --help`, as a user sees it in an 100-column terminal with none of our
 /// environment variables set (clap shows their values otherwise).
 fn help(block: &str) -> String {
-    let mut cmd = Command::new(bin());
+    let mut cmd = bin_command();
     if block != "mtls-sidecar" {
         cmd.arg(block);
-    }
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
-            cmd.env_remove(key);
-        }
     }
     let out = cmd
         .arg("--help")

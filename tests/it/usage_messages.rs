@@ -2,12 +2,11 @@
 //! (exit 2) with a message that says what is wrong and where it came from, the usual spellings
 //! of a boolean variable work, and `demo` cleans up its throwaway keys.
 
-use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::support::bin;
+use crate::support::bin_command;
 use crate::support::cli_clients::{run_bounded, Ran};
 use crate::support::fixture::Env;
 use crate::support::pki::TestPki;
@@ -17,15 +16,8 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the binary with `args` and `env` (and no other MTLS_SIDECAR_* variable), bounded.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Ran {
-    let mut cmd = Command::new(bin());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env_remove("RUST_LOG")
-        .args(args)
-        .envs(env.iter().copied());
+    let mut cmd = bin_command();
+    cmd.args(args).envs(env.iter().copied());
     run_bounded(&mut cmd, b"", WAIT)
 }
 

@@ -10,10 +10,10 @@ use super::manifests::{command_line, flag, port_of};
 use super::pod::{mounts, Pod};
 use super::WAIT;
 use crate::deploy_manifests::{is_ours, strings};
-use crate::support::bin;
 use crate::support::cli_clients::{run_bounded, Ran};
 use crate::support::procs::Reaped;
 use crate::support::sidecar::{wait_until, Sidecar, INOTIFY_GATE};
+use crate::support::{bin, hermetic};
 
 /// Where `--admin-listen` and a config file's `admin-listen` default to (src/config/defaults.rs).
 const ADMIN_LISTEN_DEFAULT: &str = "[::]:9901";
@@ -296,11 +296,6 @@ impl Pod {
 /// Run one of our command lines (program first), hermetic (no `MTLS_SIDECAR_*` of ours).
 pub(super) fn run_ours(argv: &[String]) -> Ran {
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).env_remove("RUST_LOG");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
-            cmd.env_remove(key);
-        }
-    }
+    hermetic(&mut cmd).args(&argv[1..]);
     run_bounded(&mut cmd, b"", Duration::from_secs(30))
 }

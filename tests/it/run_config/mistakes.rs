@@ -21,12 +21,12 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::bin;
 use crate::support::cli_clients::{run_bounded, Ran};
 use crate::support::fixture::tls_files;
 use crate::support::kubelet::KubeletVolume;
 use crate::support::pki::TestPki;
 use crate::support::sidecar::wait_until;
+use crate::support::{bin, bin_command, hermetic};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -40,15 +40,8 @@ const STARTED: [&str; 2] = ["listener bound", "admin endpoint listening"];
 
 /// `mtls-sidecar ARGS` with `env` and no other `MTLS_SIDECAR_*` variable, bounded.
 fn run_env(args: &[&str], env: &[(&str, &str)]) -> Ran {
-    let mut cmd = Command::new(bin());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env_remove("RUST_LOG")
-        .args(args)
-        .envs(env.iter().copied());
+    let mut cmd = bin_command();
+    cmd.args(args).envs(env.iter().copied());
     run_bounded(&mut cmd, b"", WAIT)
 }
 
@@ -1224,11 +1217,7 @@ fn starts_with_nofile(file: &Path, nofile: u32) -> Result<(), String> {
     let log = tmp.path().join("stderr.log");
     let stderr = fs::File::create(&log).expect("stderr log");
     let mut cmd = Command::new("/bin/sh");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
-            cmd.env_remove(key);
-        }
-    }
+    hermetic(&mut cmd);
     // `exec`: the child is the sidecar itself, so killing it stops the sidecar.
     cmd.args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
         .arg(bin())

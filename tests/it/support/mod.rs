@@ -24,6 +24,7 @@ pub mod upstream;
 pub mod writers;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The `mtls-sidecar` binary built by cargo for these tests, or the one named by
 /// `MTLS_SIDECAR_TEST_BIN` (to run the suite against another build, e.g. an older commit's, to
@@ -32,6 +33,24 @@ pub fn bin() -> PathBuf {
     std::env::var_os("MTLS_SIDECAR_TEST_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mtls-sidecar")))
+}
+
+/// Removes this process's environment meant for the binary from `cmd`: every `MTLS_SIDECAR_*`
+/// variable (each flag reads one) and `RUST_LOG`, so the binary sees only what the test gives it.
+pub fn hermetic(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("RUST_LOG")
+}
+
+/// A [`hermetic`] command running [`bin`].
+pub fn bin_command() -> Command {
+    let mut cmd = Command::new(bin());
+    hermetic(&mut cmd);
+    cmd
 }
 
 /// The full path of `name` if it is an executable file on `PATH`.

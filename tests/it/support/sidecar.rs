@@ -171,14 +171,9 @@ impl Sidecar {
             }
         };
         // Hermetic: every flag also reads MTLS_SIDECAR_<FLAG>, so drop any from our env.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("MTLS_SIDECAR_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.args(head)
+        super::hermetic(&mut cmd)
+            .args(head)
             .args(args)
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
