@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::{wait_listener_serves, xfcc_hash};
 use crate::support::fixture::{tls_files, Env};
 use crate::support::http1::{PlainConn, Response};
 use crate::support::kubelet::KubeletVolume;
@@ -28,7 +29,7 @@ use crate::support::pki::{Eku, Leaf, LeafSpec, TestPki};
 use crate::support::require_tool;
 use crate::support::sidecar::{wait_until, Sidecar};
 use crate::support::tls_client::TlsClient;
-use crate::support::upstream::{Echoed, HttpUpstream};
+use crate::support::upstream::HttpUpstream;
 
 const WAIT: Duration = Duration::from_secs(20);
 const RENEWALS: u64 = 3;
@@ -113,17 +114,6 @@ fn start_api(pki: &TestPki, dir: &Path) -> Api {
         _echo: echo,
         _vol: vol,
     }
-}
-
-/// The SHA-256 of the client certificate `api` saw (`Hash=` of `X-Forwarded-Client-Cert`).
-fn seen_client_hash(resp: &Response) -> Option<String> {
-    if resp.status != 200 {
-        return None;
-    }
-    let xfcc = Echoed::parse(&resp.body).one("x-forwarded-client-cert");
-    xfcc.split(';')
-        .find_map(|part| part.strip_prefix("Hash="))
-        .map(str::to_string)
 }
 
 // === Load ===
@@ -239,35 +229,16 @@ fn signals(sc: &Sidecar, result: &str) -> f64 {
 
 /// Wait until every path shows `leaf`: `inbound` and nginx serve it, `api` receives it.
 fn wait_everywhere(sc: &Sidecar, api: &Api, nginx: &Nginx, pki: &TestPki, leaf: &Leaf) {
-    let inbound = sc.wait_listener("inbound");
-    let outbound = sc.wait_listener("outbound");
     let probe = TlsClient::builder(&pki.root.cert_pem)
         .leaf(&pki.client())
         .server_name(SERVICE)
         .build();
+    wait_listener_serves(sc, "inbound", &probe, leaf, WAIT);
+    let outbound = sc.wait_listener("outbound");
     let mut last = String::new();
-    let served = wait_until(WAIT, || match probe.connect(&inbound) {
-        Ok(conn) => {
-            last = conn.peer.serial_hex.clone();
-            last == leaf.serial_hex
-        }
-        Err(e) => {
-            last = e;
-            false
-        }
-    });
-    assert!(
-        served,
-        "inbound serves {last}, not {}\n{}",
-        leaf.serial_hex,
-        sc.log()
-    );
     let seen = wait_until(WAIT, || {
         let got = PlainConn::connect(&outbound, API).and_then(|mut c| c.get("/probe"));
-        last = match &got {
-            Ok(r) => seen_client_hash(r).unwrap_or_else(|| format!("HTTP {}", r.status)),
-            Err(e) => e.clone(),
-        };
+        last = got.and_then(|r| xfcc_hash(&r)).unwrap_or_else(|e| e);
         last == leaf.sha256_hex
     });
     assert!(

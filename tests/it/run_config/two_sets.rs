@@ -10,13 +10,14 @@
 use std::fs;
 use std::time::Duration;
 
+use super::{wait_listener_serves, xfcc_hash};
 use crate::support::fixture::tls_files;
-use crate::support::http1::{PlainConn, Response};
+use crate::support::http1::PlainConn;
 use crate::support::kubelet::KubeletVolume;
 use crate::support::pki::{Leaf, TestPki};
 use crate::support::sidecar::{wait_until, ExecCounter, Sidecar};
 use crate::support::tls_client::{TlsClient, SERVER_NAME};
-use crate::support::upstream::{Echoed, HttpUpstream};
+use crate::support::upstream::HttpUpstream;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -115,39 +116,13 @@ fn publish(vol: &mut KubeletVolume, pki: &TestPki, leaf: &Leaf) {
 
 /// Wait until `inbound` serves `leaf` to a new connection.
 fn wait_inbound_serves(sc: &Sidecar, pod: &Pod, leaf: &Leaf) {
-    let inbound = sc.wait_listener("inbound");
     let client = TlsClient::with_leaf(&pod.pki.root.cert_pem, &pod.pki.client());
-    let mut last = String::new();
-    let served = wait_until(WAIT, || match client.connect(&inbound) {
-        Ok(conn) => {
-            last = conn.peer.serial_hex;
-            last == leaf.serial_hex
-        }
-        Err(e) => {
-            last = e;
-            false
-        }
-    });
-    assert!(
-        served,
-        "inbound serves {last}, not {}\n{}",
-        leaf.serial_hex,
-        sc.log()
-    );
+    wait_listener_serves(sc, "inbound", &client, leaf, WAIT);
 }
 
 /// The client certificate `inbound` saw for a call through `outbound` (XFCC `Hash=`).
 fn seen_through_outbound(sc: &Sidecar) -> Result<String, String> {
-    let resp: Response =
-        PlainConn::connect(&sc.wait_listener("outbound"), SERVER_NAME)?.get("/")?;
-    if resp.status != 200 {
-        return Err(format!("HTTP {}: {}", resp.status, resp.body_text()));
-    }
-    let xfcc = Echoed::parse(&resp.body).one("x-forwarded-client-cert");
-    xfcc.split(';')
-        .find_map(|part| part.strip_prefix("Hash="))
-        .map(str::to_string)
-        .ok_or_else(|| format!("no Hash= in {xfcc}"))
+    xfcc_hash(&PlainConn::connect(&sc.wait_listener("outbound"), SERVER_NAME)?.get("/")?)
 }
 
 /// Wait until a call through `outbound` arrives with `leaf` as its client certificate.
