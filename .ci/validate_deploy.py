@@ -692,6 +692,12 @@ def sidecar_policy(where, doc, errors):
             if subcommand(argv) == "server":
                 admin = flag_value(argv, "--admin-listen") or ADMIN_LISTEN_DEFAULT
                 drain_on_rollout(at, pod, c, addr_port(admin), errors)
+            serving_app = any(app.get("ports") for app in pod.get("containers") or [])
+            if subcommand(argv) == "watch" and serving_app and c.get("restartPolicy") == "Always":
+                # The app (nginx) serves callers itself: the same drain keeps a rollout from
+                # sending new connections to an app that is quitting.
+                admin = flag_value(argv, "--admin-listen") or ADMIN_LISTEN_DEFAULT
+                drain_on_rollout(at, pod, c, addr_port(admin), errors, shutdown_grace_s=0)
             long_running = c.get("restartPolicy") == "Always" or section == "containers"
             if long_running:
                 if section != "initContainers":
@@ -747,9 +753,10 @@ def memory_fits(at, c, connections, errors):
                       "--max-connections (max-connections) to fit, see the README's Sizing")
 
 
-def drain_on_rollout(at, pod, c, admin_port, errors):
-    """A pod whose sidecar serves the app's callers: every app container drains it first (its
-    preStop GETs /drain on the admin port), and the grace period covers drain and shutdown."""
+def drain_on_rollout(at, pod, c, admin_port, errors, shutdown_grace_s=SHUTDOWN_GRACE_S):
+    """A pod whose sidecar or app serves callers: every app container drains the sidecar first
+    (its preStop GETs /drain on the admin port: readiness off, the pod leaves the endpoints), and
+    the grace period covers drain and shutdown (a `watch` sidecar holds no connections: 0)."""
     for app in pod.get("containers") or []:
         if not app.get("readinessProbe"):
             errors.append(f"{at}: app container {app.get('name')!r} needs its own readinessProbe: "
@@ -760,9 +767,9 @@ def drain_on_rollout(at, pod, c, admin_port, errors):
                           f"{{path: /drain, port: {admin_port}}}: the sidecar stops being ready before "
                           "the app stops (README \"Drain for pod rollouts\")")
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    if grace < DRAIN_DELAY_S + SHUTDOWN_GRACE_S + 5:
+    if grace < DRAIN_DELAY_S + shutdown_grace_s + 5:
         errors.append(f"{at}: terminationGracePeriodSeconds {grace} is less than drain-delay "
-                      f"({DRAIN_DELAY_S}s) + shutdown-grace ({SHUTDOWN_GRACE_S}s) + the app's shutdown")
+                      f"({DRAIN_DELAY_S}s) + shutdown-grace ({shutdown_grace_s}s) + the app's shutdown")
 
 
 def sidecar_argv(c):

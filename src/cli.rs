@@ -169,6 +169,10 @@ pub struct AdminArgs {
     /// Address of /healthz, /readyz, /status and /metrics, or `off`.
     #[arg(long, env = "MTLS_SIDECAR_ADMIN_LISTEN", value_name = "ADDR", value_parser = parse_listen, default_value = defaults::ADMIN_LISTEN)]
     pub admin_listen: Listen,
+    /// After the first GET or POST /drain on the admin endpoint, how long /readyz answers 503
+    /// before /drain answers (the app's preStop hook waits for it); `0` answers at once.
+    #[arg(long, env = "MTLS_SIDECAR_DRAIN_DELAY", value_name = "DURATION", value_parser = parse_duration, default_value = defaults::DRAIN_DELAY)]
+    pub drain_delay: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -346,10 +350,6 @@ pub struct ConnArgs {
     /// On SIGTERM, how long open connections may take to finish.
     #[arg(long, env = "MTLS_SIDECAR_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration, default_value = defaults::SHUTDOWN_GRACE)]
     pub shutdown_grace: Duration,
-    /// After the first GET or POST /drain on the admin endpoint, how long /readyz answers 503
-    /// before /drain answers (the app's preStop hook waits for it); `0` answers at once.
-    #[arg(long, env = "MTLS_SIDECAR_DRAIN_DELAY", value_name = "DURATION", value_parser = parse_duration, default_value = defaults::DRAIN_DELAY)]
-    pub drain_delay: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -569,6 +569,7 @@ fn base(set: RawSet, reload: &ReloadArgs, admin: &AdminArgs) -> RawConfig {
             Listen::On(a) => a.to_string(),
             Listen::Off => "off".into(),
         }),
+        drain_delay: dur(admin.drain_delay),
         poll_interval: dur(reload.poll_interval),
         debounce: dur(reload.debounce),
         sets: [(defaults::SET.to_string(), set)].into(),
@@ -626,7 +627,6 @@ impl ServerArgs {
         listener.ready_upstream = self.ready_upstream.then_some(true);
         RawConfig {
             shutdown_grace: dur(self.conn.shutdown_grace),
-            drain_delay: dur(self.conn.drain_delay),
             listeners: vec![listener],
             ..base(self.creds.raw(None), &self.reload, &self.admin)
         }
@@ -644,7 +644,6 @@ impl ClientArgs {
         listener.verify_uri = self.verify_uri.clone();
         RawConfig {
             shutdown_grace: dur(self.conn.shutdown_grace),
-            drain_delay: dur(self.conn.drain_delay),
             listeners: vec![listener],
             ..base(self.creds.raw(None), &self.reload, &self.admin)
         }

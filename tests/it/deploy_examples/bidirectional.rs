@@ -44,10 +44,10 @@ fn field<'a>(v: &'a Value, key: &str) -> &'a str {
 
 /// The bidirectional pod, running: our `run --config` sidecar and the app (nginx with
 /// `service-app.conf`). Fields drop in order: the processes stop before the pod's files go.
-struct Bidirectional {
-    app: Reaped,
-    sidecar: Sidecar,
-    pod: Pod,
+pub(super) struct Bidirectional {
+    pub(super) app: Reaped,
+    pub(super) sidecar: Sidecar,
+    pub(super) pod: Pod,
     /// The sidecar's config file as written.
     config: Value,
 }
@@ -55,7 +55,7 @@ struct Bidirectional {
 impl Bidirectional {
     /// Start the pod as kubelet does: the native sidecar, then, once its startup probe passed
     /// (credentials valid, both listeners bound), the app; its Service names resolve to `api`.
-    fn start(pki: &TestPki, api: &Pod) -> Bidirectional {
+    pub(super) fn start(pki: &TestPki, api: &Pod) -> Bidirectional {
         let pod = Pod::calling(Example::load("bidirectional"), pki, &[api]);
         let c = pod.ex.sidecar();
         let config = pod
@@ -148,13 +148,18 @@ impl Bidirectional {
     }
 }
 
+/// True if `body` is the app's own answer, with the identity (DN `dn`) the server listener
+/// passed on.
+pub(super) fn is_app_answer(body: &str, dn: &str) -> bool {
+    body.starts_with("hello from the service\n")
+        && body.lines().any(|l| l == format!("X-Client-DN: {dn}"))
+        && body.lines().any(|l| l == "X-Client-Verify: SUCCESS")
+}
+
 /// The app's own answer, with the identity the server listener passed on.
 fn assert_app_answer(got: &CurlResult, dn: &str, context: &dyn Fn() -> String) {
     assert!(
-        got.http_code == 200
-            && got.body.starts_with("hello from the service\n")
-            && got.body.lines().any(|l| l == format!("X-Client-DN: {dn}"))
-            && got.body.lines().any(|l| l == "X-Client-Verify: SUCCESS"),
+        got.http_code == 200 && is_app_answer(&got.body, dn),
         "not the app's answer for {dn}: {got:?}\n{}",
         context()
     );

@@ -39,9 +39,10 @@
 //!
 //! - `terminate_legacy_app`, `nginx_reload`, `outbound_client`, `bidirectional`: one file per
 //!   example, its tests
-//! - `rollout`: a rolling update of terminate-legacy-app under traffic, kubelet running the
-//!   app's preStop hook (`/drain`) before it stops the app and then the sidecar, the endpoints
-//!   following the sidecar's readiness; and the same without the hook, as a control
+//! - `rollout`: a rolling update of terminate-legacy-app and of bidirectional under traffic,
+//!   kubelet running the app's preStop hook (`/drain`) before it stops the app and then the
+//!   sidecar, the endpoints following the sidecar's readiness; and the same without the hook,
+//!   as a control
 //! - `ca_rotation`: docs/ca-rotation.md replayed on terminate-legacy-app called by
 //!   outbound-client under traffic (trust the new root, re-issue the leaves, untrust the old
 //!   root); and the old root removed first, as a control (refused, nothing breaks)

@@ -2,6 +2,7 @@
 //! `watch` reloading it.
 
 use std::fs;
+use std::net::TcpStream;
 use std::path::PathBuf;
 
 use super::manifests::{certificate_spec, flag, Example};
@@ -27,82 +28,124 @@ fn nginx_context(pod: &Pod, sc: &Sidecar) -> String {
     )
 }
 
+/// True if `body` is nginx's backend's answer, which shows the guide client's identity.
+pub(super) fn is_nginx_answer(body: &str) -> bool {
+    body.starts_with("hello from behind nginx\n")
+        && body
+            .lines()
+            .any(|l| l == format!("X-Client-DN: {WEB_APP_DN}"))
+        && body.lines().any(|l| l == "X-Client-Verify: SUCCESS")
+}
+
 /// The walkthrough's curl got nginx's backend, which shows the guide client's identity.
 fn assert_nginx_answer(got: &CurlResult, pod: &Pod, sc: &Sidecar) {
     assert!(
-        got.http_code == 200
-            && got.body.starts_with("hello from behind nginx\n")
-            && got
-                .body
-                .lines()
-                .any(|l| l == format!("X-Client-DN: {WEB_APP_DN}"))
-            && got.body.lines().any(|l| l == "X-Client-Verify: SUCCESS"),
+        got.http_code == 200 && is_nginx_answer(&got.body),
         "not nginx's backend answer for {WEB_APP_DN}: {got:?}\n{}",
         nginx_context(pod, sc)
     );
 }
 
-/// An nginx example, as the walkthrough's step 7 and 9 use it: the init containers pass; the
-/// `watch` sidecar and nginx share a PID namespace (`shareProcessNamespace: true`); nginx starts
-/// once the sidecar's startup probe passed; the walkthrough's curl gets nginx's backend with
-/// the client's identity; a renewal reaches nginx (signal, then verify).
+/// An nginx example's pod, started as kubelet starts it (walkthrough step 7): the init containers
+/// pass; the `watch` sidecar and nginx share a PID namespace (`shareProcessNamespace: true`);
+/// nginx starts once the sidecar's startup probe passed. Fields drop in order: the sidecar (PID 1
+/// of the namespace: nginx ends with it) stops before the pod's files go.
+pub(super) struct NginxPod {
+    pub(super) sidecar: Sidecar,
+    pub(super) pod: Pod,
+    /// The sidecar's arguments after `watch`.
+    pub(super) args: Vec<String>,
+}
+
+impl NginxPod {
+    /// True if this machine can run an nginx example (the tools, and root for `unshare --pid`).
+    pub(super) fn can_run() -> bool {
+        tools(&["nginx", "curl", "openssl", "unshare"])
+            && require_root("unshare --pid needs CAP_SYS_ADMIN")
+    }
+
+    /// Start example `name`'s pod; return once the sidecar's probes pass and nginx listens.
+    pub(super) fn start(name: &'static str, pki: &TestPki) -> NginxPod {
+        let pod = Pod::new(Example::load(name), pki);
+        assert_eq!(
+            pod.ex.pod()["shareProcessNamespace"],
+            true,
+            "{name}: --process-name needs one PID namespace"
+        );
+
+        // Init containers (nginx-reload's check-tls), in order: each must exit 0.
+        for c in pod.ex.init_containers() {
+            let ran = pod.run_init(c);
+            assert!(
+                ran.success(),
+                "{name}: init container {} failed: {ran:?}",
+                Pod::name(c)
+            );
+        }
+
+        // The native sidecar; nginx waits (as kubelet holds it back) for the start file.
+        let sidecar = pod.ex.sidecar();
+        let startup = pod.exec_probe(sidecar, "startupProbe");
+        if let Some(probe) = &startup {
+            // Before the sidecar ran, the startup probe fails (exit 1: invalid), so it holds
+            // nginx back.
+            let ran = run_ours(probe);
+            assert_eq!(
+                ran.status.and_then(|s| s.code()),
+                Some(1),
+                "{name}: the startup probe `{}` before the sidecar ran: {ran:?}",
+                probe.join(" ")
+            );
+        }
+        let nginx = pod.ex.app();
+        let start_file = pod.dir.path().join("start-nginx");
+        for stream in ["stdout", "stderr"] {
+            pod.create_log(nginx, stream);
+        }
+        let mut wrapper = pid_namespace_wrapper_for(
+            &pod.nginx_command(nginx),
+            &start_file,
+            &pod.log_path(nginx, "stdout"),
+            &pod.log_path(nginx, "stderr"),
+        );
+        // The sidecar, PID 1 of the namespace, as its own user.
+        wrapper.extend(pod.run_as(sidecar).into_iter().map(Into::into));
+        let (sub, args) = pod.sidecar_command(sidecar);
+        assert_eq!(sub, "watch", "{name} runs `watch`");
+        let sc = Sidecar::watch_via(&wrapper, &args);
+        pod.wait_probe(sidecar, "startupProbe", &sc);
+        fs::write(&start_file, "").expect("write the start file");
+        pod.wait_probe(sidecar, "readinessProbe", &sc);
+        pod.wait_probe(sidecar, "livenessProbe", &sc);
+        // nginx's own readinessProbe (tcpSocket): it listens.
+        let port = pod.service().port(443);
+        assert!(
+            wait_until(WAIT, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "{name}: nginx does not listen on {port}\n{}",
+            nginx_context(&pod, &sc)
+        );
+        NginxPod {
+            sidecar: sc,
+            pod,
+            args,
+        }
+    }
+}
+
+/// An nginx example, as the walkthrough's step 7 and 9 use it: the pod starts (`NginxPod`); the
+/// walkthrough's curl gets nginx's backend with the client's identity; a renewal reaches nginx
+/// (signal, then verify).
 fn nginx_example_serves_and_reloads(name: &'static str) {
-    if !tools(&["nginx", "curl", "openssl", "unshare"])
-        || !require_root("unshare --pid needs CAP_SYS_ADMIN")
-    {
+    if !NginxPod::can_run() {
         return;
     }
     let pki = TestPki::new();
-    let mut pod = Pod::new(Example::load(name), &pki);
-    assert_eq!(
-        pod.ex.pod()["shareProcessNamespace"],
-        true,
-        "{name}: --process-name needs one PID namespace"
-    );
-
-    // 1. Init containers (nginx-reload's check-tls), in order: each must exit 0.
-    for c in pod.ex.init_containers() {
-        let ran = pod.run_init(c);
-        assert!(
-            ran.success(),
-            "{name}: init container {} failed: {ran:?}",
-            Pod::name(c)
-        );
-    }
-
-    // 2. The native sidecar; nginx waits (as kubelet holds it back) for the start file.
-    let sidecar = pod.ex.sidecar();
-    let startup = pod.exec_probe(sidecar, "startupProbe");
-    if let Some(probe) = &startup {
-        // Before the sidecar ran, the startup probe fails (exit 1: invalid), so it holds nginx back.
-        let ran = run_ours(probe);
-        assert_eq!(
-            ran.status.and_then(|s| s.code()),
-            Some(1),
-            "{name}: the startup probe `{}` before the sidecar ran: {ran:?}",
-            probe.join(" ")
-        );
-    }
-    let nginx = pod.ex.app();
-    let start_file = pod.dir.path().join("start-nginx");
-    for stream in ["stdout", "stderr"] {
-        pod.create_log(nginx, stream);
-    }
-    let mut wrapper = pid_namespace_wrapper_for(
-        &pod.nginx_command(nginx),
-        &start_file,
-        &pod.log_path(nginx, "stdout"),
-        &pod.log_path(nginx, "stderr"),
-    );
-    // The sidecar, PID 1 of the namespace, as its own user.
-    wrapper.extend(pod.run_as(sidecar).into_iter().map(Into::into));
-    let (sub, args) = pod.sidecar_command(sidecar);
-    assert_eq!(sub, "watch", "{name} runs `watch`");
-    let sc = Sidecar::watch_via(&wrapper, &args);
-    pod.wait_probe(sidecar, "startupProbe", &sc);
-    fs::write(&start_file, "").expect("write the start file");
-    pod.wait_probe(sidecar, "readinessProbe", &sc);
-    pod.wait_probe(sidecar, "livenessProbe", &sc);
+    let NginxPod {
+        sidecar: sc,
+        mut pod,
+        args,
+    } = NginxPod::start(name, &pki);
+    let (sidecar, nginx) = (pod.ex.sidecar(), pod.ex.app());
 
     // 3. nginx serves the Secret's certificate (the staged copy of it, in the staged variant).
     let svc = pod.service();

@@ -1,6 +1,8 @@
-//! A rolling update of terminate-legacy-app under traffic, replayed as kubelet and the
-//! endpoints controller play it, with the manifest's preStop hook and
-//! `terminationGracePeriodSeconds` (README "Drain for pod rollouts"):
+//! A rolling update of each example that serves callers (terminate-legacy-app, bidirectional,
+//! nginx-reload, nginx-reload-staged) under traffic, replayed as kubelet and the endpoints
+//! controller play it, with the manifest's preStop hook and `terminationGracePeriodSeconds`
+//! (README "Drain for pod rollouts"). (outbound-client serves nobody: kubelet stops its app
+//! before its native sidecar, so the app's calls always have the sidecar.)
 //!
 //! - The Service: the pods it selects, and which of them are its endpoints now. An endpoints
 //!   controller (a thread) reads every pod's readinessProbe (the manifest's path and port: the
@@ -17,12 +19,16 @@
 //!   `Connection: close` is served, and the next request opens a new connection; so does one
 //!   that finds its reused connection closed by the server before any answer (RFC 9112 9.3.1:
 //!   a client may retry an idempotent request then). Anything else (an error, a status other
-//!   than 200, another body than the legacy app's for web-app) is a failed request.
+//!   than 200, another body than the app's for web-app) is a failed request. bidirectional's
+//!   clients alternate between its app (`/`) and, through its app and the sidecar's client
+//!   listener, the API (`/api/`: a terminate-legacy-app pod that is not rolled), which must see the
+//!   service's identity: both listeners of the old pod serve until its app has exited.
 //! - The rollout, as a Deployment of 2 replicas rolls (maxSurge 1, maxUnavailable 0): the new pod
 //!   starts and becomes an endpoint, and only then is the old one terminated as kubelet does:
-//!   the app container's preStop hook (its httpGet, on the admin endpoint, waited for), SIGTERM
-//!   to the app (nginx) and its exit, then SIGTERM to the native sidecar and its exit, all within
-//!   `terminationGracePeriodSeconds` from the start of the hook.
+//!   the app container's preStop hook (its httpGet, on the admin endpoint, waited for), the
+//!   image's stop signal to the app (nginx's: SIGQUIT, a graceful quit) and its exit, then
+//!   SIGTERM to the native sidecar and its exit, all within `terminationGracePeriodSeconds` from
+//!   the start of the hook.
 //!
 //! The control terminates the old pod without the hook: the app stops while the pod is still an
 //! endpoint (the sidecar's readiness does not follow the app: the example sets no
@@ -38,13 +44,16 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+use super::bidirectional::{is_app_answer, Bidirectional};
 use super::manifests::{certificate_spec, port_of};
-use super::pod::Pod;
+use super::nginx_reload::{is_nginx_answer, NginxPod};
+use super::pod::{runs_nginx_image, Pod};
 use super::terminate_legacy_app::{is_legacy_answer, LegacyApp};
 use super::{assert_all_gone, processes, tools, WAIT, WEB_APP_DN};
 use crate::support::http1::PlainConn;
 use crate::support::pki::{Leaf, TestPki};
-use crate::support::sidecar::wait_until;
+use crate::support::procs::{ProcId, Reaped};
+use crate::support::sidecar::{wait_until, Sidecar};
 use crate::support::tls_client::{Response, TlsClient, TlsConn};
 
 /// How often the endpoints controller here reads each pod's readiness (kubelet probes every
@@ -99,14 +108,129 @@ fn grace_period(pod: &Pod) -> Duration {
 
 /// The app's error log (nginx's stderr), for failure messages: its access log holds every
 /// request of the load, and the sidecar prints its own log when a test fails (`Sidecar`'s Drop).
-fn app_log(legacy: &LegacyApp) -> String {
-    let path = legacy.pod.log_path(legacy.pod.ex.app(), "stderr");
+fn app_log(replica: &Replica) -> String {
+    let path = replica.pod.log_path(replica.pod.ex.app(), "stderr");
     let log = std::fs::read_to_string(path).unwrap_or_default();
     format!("--- app stderr ---\n{log}")
 }
 
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
+}
+
+// === The pods ===
+
+/// The examples rolled here.
+#[derive(Clone, Copy, Debug)]
+enum Rolled {
+    /// terminate-legacy-app: web-app's requests reach the legacy app.
+    LegacyApp,
+    /// bidirectional: web-app's requests reach its app, and through its app and the sidecar's
+    /// client listener the API (`/api/`).
+    Bidirectional,
+    /// nginx-reload and nginx-reload-staged (the example's name): nginx terminates mTLS itself;
+    /// the `watch` sidecar's readiness is the pod's.
+    NginxReload(&'static str),
+}
+
+impl Rolled {
+    /// Start a replica; bidirectional's calls go to `api`.
+    fn start(self, pki: &TestPki, api: Option<&LegacyApp>) -> Replica {
+        match self {
+            Rolled::LegacyApp => {
+                let LegacyApp { app, server, pod } = LegacyApp::start(pki);
+                Replica {
+                    app: Some(app),
+                    sidecar: server,
+                    pod,
+                }
+            }
+            Rolled::Bidirectional => {
+                let api = api.expect("bidirectional calls the API");
+                let Bidirectional {
+                    app, sidecar, pod, ..
+                } = Bidirectional::start(pki, &api.pod);
+                Replica {
+                    app: Some(app),
+                    sidecar,
+                    pod,
+                }
+            }
+            Rolled::NginxReload(name) => {
+                let NginxPod { sidecar, pod, .. } = NginxPod::start(name, pki);
+                Replica {
+                    app: None,
+                    sidecar,
+                    pod,
+                }
+            }
+        }
+    }
+
+    /// The pod's volume with the certificate its server listener serves.
+    fn served_volume(self) -> &'static str {
+        match self {
+            Rolled::LegacyApp | Rolled::NginxReload(_) => "server-tls",
+            Rolled::Bidirectional => "service-tls",
+        }
+    }
+
+    /// Where the `n`th request of a client goes: its path's prefix.
+    fn prefix(self, n: usize) -> &'static str {
+        match self {
+            Rolled::Bidirectional if n % 2 == 1 => "/api",
+            _ => "",
+        }
+    }
+}
+
+/// One replica of the Deployment, running. Fields drop in order: the processes stop before the
+/// pod's files go.
+struct Replica {
+    /// The app container's nginx master, started here (None: started by the sidecar's PID
+    /// namespace wrapper, nginx-reload's).
+    app: Option<Reaped>,
+    /// The native sidecar.
+    sidecar: Sidecar,
+    pod: Pod,
+}
+
+impl Replica {
+    /// The app container's nginx master: its PID.
+    fn app_pid(&self) -> u32 {
+        match &self.app {
+            Some(app) => app.pid(),
+            // In the shared PID namespace nginx's master is the sidecar's child.
+            None => processes(&[self.sidecar.pid()])
+                .into_iter()
+                .find(|p| p.comm == "nginx" && parent(p.pid) == Some(self.sidecar.pid()))
+                .map(|p| p.pid)
+                .unwrap_or_else(|| panic!("no nginx master under the sidecar\n{}", app_log(self))),
+        }
+    }
+
+    /// Its processes (nginx's workers included).
+    fn processes(&self) -> Vec<ProcId> {
+        processes(&[self.sidecar.pid(), self.app_pid()])
+    }
+}
+
+/// The parent of process `pid`, if it exists.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// True if process `pid` exited (gone, or a zombie its parent has not reaped yet).
+fn exited(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    state == Some("Z")
 }
 
 // === The Service ===
@@ -128,23 +252,43 @@ struct Backend {
     left: OnceLock<(Instant, Option<(u16, String)>)>,
     /// Requests it answered as it should.
     served: AtomicUsize,
+    rolled: Rolled,
+    /// The certificate it serves, and presents as a client (bidirectional).
+    leaf: Leaf,
 }
 
 impl Backend {
-    fn of(name: &'static str, legacy: &LegacyApp) -> Arc<Backend> {
-        let pod = &legacy.pod;
+    fn of(name: &'static str, rolled: Rolled, replica: &Replica) -> Arc<Backend> {
+        let pod = &replica.pod;
+        let leaf = pod.leaf(rolled.served_volume()).clone();
         let probe = &pod.ex.sidecar()["readinessProbe"];
         let path = admin_http_get(pod, probe, "the sidecar's readinessProbe");
         Arc::new(Backend {
             name,
             addr: format!("127.0.0.1:{}", pod.service().port(443)),
-            serial: pod.leaf("server-tls").serial_hex.clone(),
-            admin: legacy.server.admin_addr().to_string(),
+            serial: leaf.serial_hex.clone(),
+            admin: replica.sidecar.admin_addr().to_string(),
             readiness_path: path,
             ready: AtomicBool::new(false),
             left: OnceLock::new(),
             served: AtomicUsize::new(0),
+            rolled,
+            leaf,
         })
+    }
+
+    /// True if `body` is this pod's answer to web-app's request for `path`: from its app, or
+    /// (bidirectional, `/api/`) from the API, which saw this pod's client certificate.
+    fn answered(&self, path: &str, body: &str, web_app: &Leaf) -> bool {
+        match self.rolled {
+            Rolled::LegacyApp => is_legacy_answer(body, WEB_APP_DN, web_app),
+            Rolled::Bidirectional if path.starts_with("/api/") => {
+                let dn = format!("CN={}", certificate_spec("service-bidirectional-tls").cn);
+                is_legacy_answer(body, &dn, &self.leaf)
+            }
+            Rolled::Bidirectional => is_app_answer(body, WEB_APP_DN),
+            Rolled::NginxReload(_) => is_nginx_answer(body),
+        }
     }
 
     /// One readiness probe, on a new connection: the answer, None if there is none.
@@ -213,10 +357,10 @@ impl Traffic {
             .clone()
     }
 
-    /// Count `resp` from `backend` as served, or as a failure.
-    fn record(&self, backend: &Backend, what: &str, resp: &Response, web_app: &Leaf) {
+    /// Count `resp` from `backend` to the request for `path` as served, or as a failure.
+    fn record(&self, backend: &Backend, what: &str, path: &str, resp: &Response, web_app: &Leaf) {
         let body = resp.body_text();
-        if resp.status == 200 && is_legacy_answer(&body, WEB_APP_DN, web_app) {
+        if resp.status == 200 && backend.answered(path, &body, web_app) {
             backend.served.fetch_add(1, SeqCst);
         } else {
             self.fail(format!(
@@ -335,8 +479,9 @@ fn new_connections(
             match traffic.route() {
                 None => traffic.fail(format!("{what}: the Service has no endpoint")),
                 Some(b) => {
-                    match connect(&client, &b).and_then(|mut c| c.get(&format!("/new/{id}/{n}"))) {
-                        Ok(resp) => traffic.record(&b, &what, &resp, &web_app),
+                    let path = format!("{}/new/{id}/{n}", b.rolled.prefix(n));
+                    match connect(&client, &b).and_then(|mut c| c.get(&path)) {
+                        Ok(resp) => traffic.record(&b, &what, &path, &resp, &web_app),
                         Err(e) => traffic.fail(format!("{what} to the {} pod: {e}", b.name)),
                     }
                 }
@@ -376,9 +521,10 @@ fn kept_alive(
                 std::thread::sleep(PAUSE);
                 continue;
             };
-            let keep = match conn.get(&format!("/keep/{id}/{n}")) {
+            let path = format!("{}/keep/{id}/{n}", b.rolled.prefix(n));
+            let keep = match conn.get(&path) {
                 Ok(resp) => {
-                    traffic.record(b, &what, &resp, &web_app);
+                    traffic.record(b, &what, &path, &resp, &web_app);
                     *used += 1;
                     if resp.closes() {
                         traffic.reconnects.fetch_add(1, SeqCst);
@@ -410,11 +556,11 @@ fn kept_alive(
 
 /// The app container's preStop hook, as kubelet runs it: its httpGet, waited for until it is
 /// answered (within the grace period): the answer.
-fn pre_stop_hook(legacy: &LegacyApp, deadline: Instant) -> (u16, String) {
-    let pod = &legacy.pod;
+fn pre_stop_hook(replica: &Replica, deadline: Instant) -> (u16, String) {
+    let pod = &replica.pod;
     let hook = &pod.ex.app()["lifecycle"]["preStop"];
     let path = admin_http_get(pod, hook, "the app's preStop hook");
-    let url = format!("http://{}{path}", legacy.server.admin_addr());
+    let url = format!("http://{}{path}", replica.sidecar.admin_addr());
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(remaining(deadline)))
@@ -427,44 +573,53 @@ fn pre_stop_hook(legacy: &LegacyApp, deadline: Instant) -> (u16, String) {
         ),
         Err(e) => panic!(
             "preStop hook GET {url}: {e} (within the grace period)\n{}",
-            app_log(legacy)
+            app_log(replica)
         ),
     }
 }
 
-/// SIGTERM to the app container's process (nginx), and its exit, before `deadline`.
-fn stop_app(legacy: &mut LegacyApp, deadline: Instant) {
-    let pid = Pid::from_raw(legacy.app.pid() as i32);
-    kill(pid, Signal::SIGTERM).expect("SIGTERM nginx");
-    let exited = wait_until(remaining(deadline), || {
-        matches!(legacy.app.0.try_wait(), Ok(Some(_)))
+/// The app container's stop signal to its process, and its exit, before `deadline`. The nginx
+/// images' STOPSIGNAL is SIGQUIT (a graceful quit: requests in flight finish); kubelet sends
+/// the image's.
+fn stop_app(replica: &mut Replica, deadline: Instant) {
+    let app = replica.pod.ex.app();
+    let signal = if runs_nginx_image(app) {
+        Signal::SIGQUIT
+    } else {
+        Signal::SIGTERM
+    };
+    let pid = replica.app_pid();
+    kill(Pid::from_raw(pid as i32), signal).expect("signal the app");
+    let gone = wait_until(remaining(deadline), || match replica.app.as_mut() {
+        Some(app) => matches!(app.0.try_wait(), Ok(Some(_))),
+        None => exited(pid),
     });
     assert!(
-        exited,
+        gone,
         "nginx did not exit within the grace period (kubelet would SIGKILL it)\n{}",
-        app_log(legacy)
+        app_log(replica)
     );
 }
 
 /// SIGTERM to the native sidecar once the app has exited, and its exit status, before
 /// `deadline`.
-fn stop_sidecar(legacy: &mut LegacyApp, deadline: Instant) -> ExitStatus {
-    legacy.server.signal(Signal::SIGTERM);
-    let status = legacy.server.wait_exit(remaining(deadline));
+fn stop_sidecar(replica: &mut Replica, deadline: Instant) -> ExitStatus {
+    replica.sidecar.signal(Signal::SIGTERM);
+    let status = replica.sidecar.wait_exit(remaining(deadline));
     status.unwrap_or_else(|| {
         panic!(
             "the sidecar did not exit within the grace period (kubelet would SIGKILL it)\n{}",
-            app_log(legacy)
+            app_log(replica)
         )
     })
 }
 
 /// Drop `old`, a pod kubelet terminated: its files go, and nothing signals its app's PID again
 /// (`Reaped` would on drop; the process was reaped, another may have the PID by now).
-fn gone(old: LegacyApp) {
-    let LegacyApp { app, server, pod } = old;
+fn gone(old: Replica) {
+    let Replica { app, sidecar, pod } = old;
     std::mem::forget(app);
-    drop(server);
+    drop(sidecar);
     drop(pod);
 }
 
@@ -476,46 +631,48 @@ struct Rollout {
     traffic: Arc<Traffic>,
     old_backend: Arc<Backend>,
     new_backend: Arc<Backend>,
-    /// Fields drop in order: the threads stop before the pods do.
+    /// Fields drop in order: the threads stop before the pods do, the API last.
     running: Running,
-    new: LegacyApp,
-    old: LegacyApp,
+    new: Replica,
+    old: Replica,
+    api: Option<LegacyApp>,
 }
 
 impl Rollout {
-    fn start(pki: &TestPki) -> Rollout {
+    fn start(pki: &TestPki, rolled: Rolled) -> Rollout {
         let web_app = pki.issue(&certificate_spec("web-app-client-tls"));
-        let old = LegacyApp::start(pki);
+        let api = matches!(rolled, Rolled::Bidirectional).then(|| LegacyApp::start(pki));
+        let old = rolled.start(pki, api.as_ref());
         let client = TlsClient::builder(&old.pod.ca_pem)
             .leaf(&web_app)
             .server_name(&old.pod.service().host)
             .build();
         let traffic = Arc::new(Traffic::default());
-        let old_backend = Backend::of("old", &old);
+        let old_backend = Backend::of("old", rolled, &old);
         traffic.select(&old_backend);
         let mut running = Running::start(&traffic);
         let endpoint = wait_until(WAIT, || old_backend.ready.load(SeqCst));
         assert!(
             endpoint,
-            "the old pod never became an endpoint\n{}",
+            "{rolled:?}: the old pod never became an endpoint\n{}",
             app_log(&old)
         );
         running.clients(&client, &web_app);
         let serving = wait_until(WAIT, || old_backend.served() > 0);
         assert!(
             serving,
-            "the old pod served nothing ({}), failures: {:?}\n{}",
+            "{rolled:?}: the old pod served nothing ({}), failures: {:?}\n{}",
             traffic.summary(),
             traffic.failures(),
             app_log(&old)
         );
-        let new = LegacyApp::start(pki);
-        let new_backend = Backend::of("new", &new);
+        let new = rolled.start(pki, api.as_ref());
+        let new_backend = Backend::of("new", rolled, &new);
         traffic.select(&new_backend);
         let serving = wait_until(WAIT, || new_backend.served() > 0);
         assert!(
             serving,
-            "the new pod served nothing ({}), failures: {:?}\n{}",
+            "{rolled:?}: the new pod served nothing ({}), failures: {:?}\n{}",
             traffic.summary(),
             traffic.failures(),
             app_log(&new)
@@ -527,17 +684,20 @@ impl Rollout {
             running,
             new,
             old,
+            api,
         }
     }
 
     /// For failure messages: the traffic, the apps' error logs, the old sidecar's log (`finish`
     /// drops it before the last assertions; the new one prints its own if the test fails).
     fn context(&self) -> String {
+        let api = self.api.as_ref().map(|a| a.context()).unwrap_or_default();
         format!(
-            "{}\n=== old pod ===\n{}--- server sidecar ---\n{}\n=== new pod ===\n{}",
+            "{:?}: {}\n=== old pod ===\n{}--- sidecar ---\n{}\n=== new pod ===\n{}{api}",
+            self.old_backend.rolled,
             self.traffic.summary(),
             app_log(&self.old),
-            self.old.server.log(),
+            self.old.sidecar.log(),
             app_log(&self.new)
         )
     }
@@ -549,29 +709,39 @@ impl Rollout {
         assert!(served, "the new pod stopped serving\n{}", self.context());
     }
 
-    /// Stop the clients: the failures, and the new pod, still running.
-    fn finish(self) -> (Vec<String>, LegacyApp) {
+    /// Stop the clients and the pods (checking nothing of the new one is left): the failures.
+    fn finish(self) -> Vec<String> {
         let Rollout {
             traffic,
             running,
             new,
             old,
+            api,
             ..
         } = self;
         running.stop();
         gone(old);
-        (traffic.failures(), new)
+        let procs = new.processes();
+        drop(new);
+        assert_all_gone(&procs);
+        drop(api);
+        traffic.failures()
     }
 }
 
-#[test]
-fn rollout_with_the_prestop_hook_fails_no_request() {
-    if !tools(&["nginx"]) {
+/// Roll `rolled`'s Deployment as kubelet terminates pods, with the app's preStop hook: no request
+/// fails, and the old pod left the endpoints (draining) before the hook returned.
+fn rollout_with_the_prestop_hook_fails_no_request(rolled: Rolled) {
+    let can_run = match rolled {
+        Rolled::NginxReload(_) => NginxPod::can_run(),
+        _ => tools(&["nginx"]),
+    };
+    if !can_run {
         return;
     }
     let pki = TestPki::new();
-    let mut rollout = Rollout::start(&pki);
-    let old_procs = processes(&[rollout.old.server.pid(), rollout.old.app.pid()]);
+    let mut rollout = Rollout::start(&pki, rolled);
+    let old_procs = rollout.old.processes();
 
     // kubelet terminates the old pod.
     let deadline = Instant::now() + grace_period(&rollout.old.pod);
@@ -607,7 +777,7 @@ fn rollout_with_the_prestop_hook_fails_no_request() {
     let context = rollout.context();
     let summary = rollout.traffic.summary();
     let (old_served, new_served) = (rollout.old_backend.served(), rollout.new_backend.served());
-    let (failures, new) = rollout.finish();
+    let failures = rollout.finish();
     assert!(
         failures.is_empty(),
         "{} failed requests in the rollout, first: {:#?}\n(A kept-alive connection stays on \
@@ -617,8 +787,27 @@ fn rollout_with_the_prestop_hook_fails_no_request() {
         &failures[..failures.len().min(10)]
     );
     assert!(old_served > 0 && new_served > 0, "{context}");
-    eprintln!("{summary}");
-    new.stop();
+    eprintln!("{rolled:?}: {summary}");
+}
+
+#[test]
+fn terminate_legacy_app_rollout_with_the_prestop_hook_fails_no_request() {
+    rollout_with_the_prestop_hook_fails_no_request(Rolled::LegacyApp);
+}
+
+#[test]
+fn bidirectional_rollout_with_the_prestop_hook_fails_no_request() {
+    rollout_with_the_prestop_hook_fails_no_request(Rolled::Bidirectional);
+}
+
+#[test]
+fn nginx_reload_rollout_with_the_prestop_hook_fails_no_request() {
+    rollout_with_the_prestop_hook_fails_no_request(Rolled::NginxReload("nginx-reload"));
+}
+
+#[test]
+fn nginx_reload_staged_rollout_with_the_prestop_hook_fails_no_request() {
+    rollout_with_the_prestop_hook_fails_no_request(Rolled::NginxReload("nginx-reload-staged"));
 }
 
 #[test]
@@ -627,7 +816,7 @@ fn rollout_without_the_prestop_hook_sends_requests_to_the_stopped_app() {
         return;
     }
     let pki = TestPki::new();
-    let mut rollout = Rollout::start(&pki);
+    let mut rollout = Rollout::start(&pki, Rolled::LegacyApp);
 
     // kubelet terminates the old pod as if the manifest had no hook: the app first, while the
     // pod is still an endpoint.
@@ -637,13 +826,13 @@ fn rollout_without_the_prestop_hook_sends_requests_to_the_stopped_app() {
         "{}",
         rollout.context()
     );
-    let old_procs = processes(&[rollout.old.server.pid(), rollout.old.app.pid()]);
+    let old_procs = rollout.old.processes();
     stop_app(&mut rollout.old, deadline);
     let failed = wait_until(WAIT, || !rollout.traffic.failures().is_empty());
     let exit = stop_sidecar(&mut rollout.old, deadline);
     assert_all_gone(&old_procs);
     let context = rollout.context();
-    let (failures, new) = rollout.finish();
+    let failures = rollout.finish();
     assert!(
         failed && failures.iter().all(|f| f.contains(" to the old pod")),
         "requests routed to the old pod after its app stopped should fail, and only those: \
@@ -653,5 +842,4 @@ fn rollout_without_the_prestop_hook_sends_requests_to_the_stopped_app() {
         exit.success(),
         "the old sidecar exited with {exit}\n{context}"
     );
-    new.stop();
 }
