@@ -1,5 +1,6 @@
 # Multi-stage build for machines with Docker: dependencies are compiled in their own cached
-# layer; the runtime image is `FROM scratch` with a static (musl) binary and the CA certificates,
+# layer; the runtime image is `FROM scratch` with the release binary, the shared libraries it
+# links (glibc, libm, libgcc_s, from the build stage: image/rootfs.sh) and the CA certificates,
 # running as the non-root user 65532. It is the image that .ci/image builds without Docker (the
 # runtime stage is image/Containerfile's).
 #
@@ -7,25 +8,18 @@
 #     -t ghcr.io/example/mtls-sidecar:0.1.0 .
 
 FROM rust:1.95-bookworm AS build
-ARG TARGET=x86_64-unknown-linux-musl
-# hadolint ignore=DL3008
-RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
-    && rm -rf /var/lib/apt/lists/* \
-    && rustup target add "${TARGET}"
 WORKDIR /src
 # Cache dependencies: build a stub crate against the real manifest and lock file first; this
 # layer is rebuilt only when Cargo.toml or Cargo.lock change.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && cargo build --release --locked --target "${TARGET}" \
+    && cargo build --release --locked \
     && rm -rf src
 COPY src ./src
+COPY image/rootfs.sh ./image/
 # Touch so cargo rebuilds the crate itself rather than reusing the stub's artifacts.
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --target "${TARGET}" \
-    && mkdir -p /rootfs/etc/ssl/certs /rootfs/tmp && chmod 1777 /rootfs/tmp \
-    && cp "target/${TARGET}/release/mtls-sidecar" /rootfs/mtls-sidecar \
-    && strip /rootfs/mtls-sidecar \
-    && cp /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
+    && sh image/rootfs.sh target/release/mtls-sidecar /rootfs
 
 FROM scratch
 ARG VERSION=0.1.0
@@ -39,6 +33,8 @@ LABEL org.opencontainers.image.title="mtls-sidecar" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /rootfs/mtls-sidecar /mtls-sidecar
+COPY --from=build /rootfs/lib /lib
+COPY --from=build /rootfs/lib64 /lib64
 COPY --from=build /rootfs/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build --chown=65532:65532 /rootfs/tmp /tmp
 # mimalloc, the binary's allocator: commit memory as it is used and give freed memory back at
