@@ -234,9 +234,14 @@ fn config_error(e: &ConfigErrors) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Runs `fut` on a runtime with one worker thread per CPU this process may use:
+/// `available_parallelism` reads the cgroup's CPU quota (a container's `limits.cpu`, rounded up)
+/// and the CPU affinity mask, so a sidecar limited to one CPU gets one worker and no cross-thread
+/// wake-ups.
 fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> anyhow::Result<()> {
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?;

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -51,15 +51,15 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Connection-level headers that must not be forwarded (RFC 9110 7.6.1), and credentials meant
 /// for a proxy (we are the proxy; they must not reach the next hop).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Serves `io` with `handle` until the connection is done (see the module docs).
@@ -284,17 +284,20 @@ impl hyper::body::Body for InFlight {
     }
 }
 
-/// Removes hop-by-hop headers, and those the `Connection` header lists.
+/// Removes hop-by-hop headers, and those the `Connection` header lists. Allocates only when a
+/// `Connection` header lists names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<String> = headers
+    // `te: trailers` is how gRPC says it understands trailers; keep exactly that.
+    let keep_te = headers.get(header::TE).is_some_and(|v| v == "trailers");
+    let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
         .collect();
-    for name in listed.iter().map(String::as_str).chain(HOP_BY_HOP) {
-        // `te: trailers` is how gRPC says it understands trailers; keep exactly that.
-        if name == "te" && headers.get(header::TE).is_some_and(|v| v == "trailers") {
+    for name in listed.into_iter().chain(HOP_BY_HOP) {
+        if keep_te && name == header::TE {
             continue;
         }
         headers.remove(name);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{self, Authority, PathAndQuery};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -74,7 +75,7 @@ impl tower_service::Service<Uri> for Connector {
 pub struct Forwarder {
     h1: Client<Connector, TouchBody<Incoming>>,
     h2: Client<Connector, TouchBody<Incoming>>,
-    authority: String,
+    authority: Authority,
     shared: Arc<Shared>,
 }
 
@@ -97,10 +98,13 @@ impl Forwarder {
             capped: false,
             ..connector
         });
+        // The upstream request's authority: the target's host:port (checked when the listener was
+        // configured), "localhost" for a Unix socket.
         let authority = match &cfg.target {
-            Target::Tcp(a) => a.clone(),
-            Target::Unix(_) => "localhost".into(),
-        };
+            Target::Tcp(a) => Authority::try_from(a.as_str()).ok(),
+            Target::Unix(_) => None,
+        }
+        .unwrap_or_else(|| Authority::from_static("localhost"));
         Forwarder {
             h1,
             h2,
@@ -120,11 +124,11 @@ impl Forwarder {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let identity = Arc::new(identity);
+        let conn = Arc::new(Caller::new(identity, peer));
         let fwd = self.clone();
         let handle = move |req| {
-            let (fwd, identity) = (fwd.clone(), identity.clone());
-            async move { fwd.respond(req, &identity, allowed, peer).await }
+            let (fwd, conn) = (fwd.clone(), conn.clone());
+            async move { fwd.respond(req, &conn, allowed).await }
         };
         serve_conn(tls, &self.shared.cfg, peer, shutdown, handle).await;
     }
@@ -132,13 +136,13 @@ impl Forwarder {
     async fn respond(
         &self,
         req: Request<Incoming>,
-        id: &PeerIdentity,
+        caller: &Caller,
         allowed: bool,
-        peer: SocketAddr,
     ) -> Response<Body> {
+        let id = &caller.identity;
         let start = Instant::now();
         let resp = if allowed {
-            self.forward(req, id, peer).await
+            self.forward(req, caller).await
         } else {
             let mut r = short(
                 StatusCode::FORBIDDEN,
@@ -157,12 +161,7 @@ impl Forwarder {
         resp
     }
 
-    async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        id: &PeerIdentity,
-        peer: SocketAddr,
-    ) -> Response<Body> {
+    async fn forward(&self, mut req: Request<Incoming>, caller: &Caller) -> Response<Body> {
         let cfg = &self.shared.cfg;
         if req.method() == Method::CONNECT {
             return short(
@@ -174,11 +173,7 @@ impl Forwarder {
             return short(StatusCode::BAD_REQUEST, &format!("bad request: {e}"));
         }
         let inbound_authority = req.uri().authority().map(|a| a.to_string());
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        let path = req.uri().path_and_query().cloned();
         let grpc = req.version() == Version::HTTP_2
             && req
                 .headers()
@@ -194,14 +189,12 @@ impl Forwarder {
         if let Some(Ok(host)) = inbound_authority.map(|a| HeaderValue::from_str(&a)) {
             headers.insert(header::HOST, host);
         }
-        set(headers, "x-client-cert", &id.escaped_pem);
-        set(headers, "x-client-dn", &id.subject);
-        headers.insert("x-client-verify", HeaderValue::from_static("SUCCESS"));
-        set(headers, "x-forwarded-client-cert", &id.xfcc());
-        set(headers, "x-forwarded-for", &peer.ip().to_string());
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let uri = format!("http://{}{}", self.authority, path);
-        match uri.parse() {
+        caller.headers.add_to(headers);
+        let mut uri = uri::Parts::default();
+        uri.scheme = Some(uri::Scheme::HTTP);
+        uri.authority = Some(self.authority.clone());
+        uri.path_and_query = Some(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
+        match Uri::from_parts(uri) {
             Ok(u) => *req.uri_mut() = u,
             Err(_) => return short(StatusCode::BAD_REQUEST, "request path cannot be forwarded"),
         }
@@ -255,8 +248,60 @@ impl Forwarder {
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), v);
+/// One verified caller (a TLS connection): its identity, and the identity headers of its
+/// requests, built once when it connected.
+struct Caller {
+    identity: PeerIdentity,
+    headers: IdentityHeaders,
+}
+
+impl Caller {
+    fn new(identity: PeerIdentity, peer: SocketAddr) -> Self {
+        let headers = IdentityHeaders::new(&identity, peer);
+        Caller { identity, headers }
+    }
+}
+
+const X_CLIENT_CERT: HeaderName = HeaderName::from_static("x-client-cert");
+const X_CLIENT_DN: HeaderName = HeaderName::from_static("x-client-dn");
+const X_CLIENT_VERIFY: HeaderName = HeaderName::from_static("x-client-verify");
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The values of the identity and forwarding headers of one connection's requests (a value that
+/// is not a valid header value is left out, as the client's own was removed). Each request
+/// copies them by reference count.
+struct IdentityHeaders {
+    cert: Option<HeaderValue>,
+    dn: Option<HeaderValue>,
+    xfcc: Option<HeaderValue>,
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl IdentityHeaders {
+    fn new(id: &PeerIdentity, peer: SocketAddr) -> Self {
+        let value = |v: &str| HeaderValue::from_str(v).ok();
+        IdentityHeaders {
+            cert: value(&id.escaped_pem),
+            dn: value(&id.subject),
+            xfcc: value(&id.xfcc()),
+            forwarded_for: value(&peer.ip().to_string()),
+        }
+    }
+
+    /// Sets ours on a request whose client-sent ones were removed.
+    fn add_to(&self, headers: &mut HeaderMap) {
+        let set = |headers: &mut HeaderMap, name: HeaderName, v: &Option<HeaderValue>| {
+            if let Some(v) = v {
+                headers.insert(name, v.clone());
+            }
+        };
+        set(headers, X_CLIENT_CERT, &self.cert);
+        set(headers, X_CLIENT_DN, &self.dn);
+        headers.insert(X_CLIENT_VERIFY, HeaderValue::from_static("SUCCESS"));
+        set(headers, X_FORWARDED_CLIENT_CERT, &self.xfcc);
+        set(headers, X_FORWARDED_FOR, &self.forwarded_for);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     }
 }
