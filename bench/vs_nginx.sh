@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # mtls-sidecar `server --protocol http` vs nginx (ssl_verify_client on + proxy_pass), same PKI,
-# same upstream, same machine, same run. Measures with oha (an independent load generator, built
-# against OpenSSL so clients do full handshakes with no session resumption):
-#   (a) full mTLS handshakes/s: one new TLS connection per request (oha --disable-keepalive)
-#   (b) keep-alive requests/s: CONC long-lived TLS connections
+# same upstream, same machine, same run, same identity headers. Measures with two independent load
+# generators, oha (HTTP/1.1, built against OpenSSL so clients do full handshakes with no session
+# resumption) and ApacheBench (`ab -k`: HTTP/1.0 keep-alive, one thread):
+#   (hs) full mTLS handshakes/s: one new TLS connection per request (oha --disable-keepalive)
+#   (ka) keep-alive requests/s: CONC long-lived TLS connections (oha, HTTP/1.1)
+#   (ab) keep-alive requests/s: CONC long-lived TLS connections (ab -k, HTTP/1.0 keep-alive)
+#   (dl) 1 MiB downloads/s: CONC long-lived TLS connections (oha), each response 1 MiB: per proxy
+#        CPU-second it is MiB per CPU-second
+# Each with p50/p99 latency and requests per proxy CPU-second (from /proc).
 # Runs alternate sidecar/nginx; the table shows the median of ROUNDS runs and sidecar/nginx ratios.
 #
 # Usage (as root, from anywhere):  bash bench/vs_nginx.sh
@@ -14,6 +19,9 @@
 #   PIN=1|0          1: proxy + upstream on CPU 0, load generator on CPU 1 (taskset); 0: no pinning
 #   NGINX_WORKERS    nginx worker_processes; default auto, or 1 with PIN=1 (one CPU for the proxy)
 #   NGINX_KEEPALIVE_REQUESTS  set nginx keepalive_requests (default: unset, nginx's 1000)
+#   MODES="hs ka ab dl" which measurements to run
+#   PROTOCOL=http|tcp the sidecar's --protocol (nginx always proxies HTTP with the identity headers:
+#                    tcp shows what the sidecar costs when the app needs no identity headers)
 #   SIDECAR_BIN=...  use this binary instead of `cargo build --release` in the repo
 #   KEEP_TMP=1       keep the temp dir (PKI, configs, logs, oha JSON)
 #   PORT_SIDECAR PORT_NGINX PORT_PROBE PORT_UPSTREAM   default: free ports picked at random
@@ -28,6 +36,8 @@ WARMUP=${WARMUP:-2}
 KEY=${KEY:-rsa}
 NGINX_WORKERS_SET=${NGINX_WORKERS:-}
 PIN=${PIN:-1}
+MODES=${MODES:-hs ka ab dl}
+PROTOCOL=${PROTOCOL:-http}
 OHA_VERSION=1.16.0
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -40,6 +50,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root (installs packages, starts nginx)"
 [[ $KEY == rsa || $KEY == ec ]] || die "KEY must be rsa or ec"
+[[ $PROTOCOL == http || $PROTOCOL == tcp ]] || die "PROTOCOL must be http or tcp"
 
 # ---------------------------------------------------------------- install (not measured)
 need_apt=()
@@ -48,6 +59,7 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v jq >/dev/null || need_apt+=(jq)
 command -v taskset >/dev/null || need_apt+=(util-linux)
+command -v ab >/dev/null || need_apt+=(apache2-utils)
 if [[ ! -x $OHA ]] || [[ $("$OHA" --version 2>/dev/null) != "oha $OHA_VERSION" ]]; then
     command -v pkg-config >/dev/null || need_apt+=(pkg-config)
     pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
@@ -161,6 +173,8 @@ newkey() {
     openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -sha256 \
         -extfile client.ext -out client.crt 2>/dev/null
     openssl verify -CAfile ca.crt tls.crt client.crt >/dev/null
+    # ab -E: the client certificate followed by its key, in one file.
+    cat client.crt client.key >client-ab.pem
 )
 # The cert dir both proxies use, laid out like a mounted kubernetes.io/tls Secret.
 CERTS="$TMP/certs"
@@ -170,6 +184,7 @@ chmod 600 "$CERTS/tls.key"
 
 # ---------------------------------------------------------------- upstream: nginx, plaintext
 mkdir -p "$TMP/upstream" "$TMP/nginx"
+head -c 1048576 /dev/zero >"$TMP/upstream/1m.bin"
 temp_paths() {
     local d=$1
     printf '  client_body_temp_path %s/client_body;\n  proxy_temp_path %s/proxy;\n' "$d" "$d"
@@ -188,6 +203,7 @@ $(temp_paths "$TMP/upstream")
   server {
     listen 127.0.0.1:$PORT_UPSTREAM;
     location / { default_type text/plain; return 200 "ok\n"; }
+    location = /1m { default_type application/octet-stream; alias $TMP/upstream/1m.bin; }
   }
 }
 EOF
@@ -201,7 +217,11 @@ EOF
 # URL-encoded PEM that nginx recommends instead, which is also the form the sidecar sends. And
 # `ssl_protocols TLSv1.2 TLSv1.3` is nginx's default since 1.23.4 (the guide runs nginx:1.25);
 # Debian 12's nginx 1.22 would otherwise default to TLS <= 1.2. Everything else is
-# nginx's default (e.g. keepalive_requests 1000 per client connection). A second server block on
+# nginx's default (e.g. keepalive_requests 1000 per client connection). Like with like: nginx
+# sends the identity headers the sidecar sends (X-Client-Cert, X-Client-DN, X-Client-Verify, an
+# XFCC with nginx's SHA-1 fingerprint where ours has SHA-256, X-Forwarded-For/-Proto): building
+# them is part of the work measured (X-Client-Cert alone costs nginx about a third more CPU per
+# request than the subject only). A second server block on
 # PORT_PROBE is identical but logs, and is used only by the pre-flight checks, never measured.
 nginx_server_block() {
     local port=$1 extra=$2
@@ -221,6 +241,10 @@ nginx_server_block() {
     location / {
       proxy_set_header X-Client-Cert \$ssl_client_escaped_cert;
       proxy_set_header X-Client-DN \$ssl_client_s_dn;
+      proxy_set_header X-Client-Verify \$ssl_client_verify;
+      proxy_set_header X-Forwarded-Client-Cert "Hash=\$ssl_client_fingerprint;Subject=\\"\$ssl_client_s_dn\\"";
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_pass http://backend;
@@ -255,7 +279,7 @@ UPSTREAM_PID=$!
     >"$TMP/nginx/stdout.log" 2>&1 &
 PIDS+=($!)
 NGINX_PID=$!
-"${SRV[@]}" "$SIDECAR" server --protocol http --cert-dir "$CERTS" \
+"${SRV[@]}" "$SIDECAR" server --protocol "$PROTOCOL" --cert-dir "$CERTS" \
     --listen "127.0.0.1:$PORT_SIDECAR" --target "127.0.0.1:$PORT_UPSTREAM" \
     --allow-all --admin-listen off >"$TMP/sidecar.log" 2>&1 &
 PIDS+=($!)
@@ -335,63 +359,94 @@ proxy_pid() { if [[ $1 == sidecar ]]; then echo "$SIDECAR_PID"; else echo "$NGIN
 # user+nice+system ticks of all CPUs (irq/softirq left out: loopback traffic lands there)
 all_ticks() { awk '/^cpu /{print $2 + $3 + $4; exit}' /proc/stat; }
 # run_one NAME PORT MODE SECONDS OUTFILE
-#   -> "ok_per_s non200 errors p50_ms ok_per_proxy_cpu_s server_cpu_pct other_cpu_pct"
+#   -> "ok_per_s non200 errors p50_ms p99_ms ok_per_proxy_cpu_s server_cpu_pct other_cpu_pct"
 # server_cpu_pct: CPU used by proxy + upstream, in % of the CPUs they may use (SRV_CPUS); well
 # under 100 with PIN=1 means the load generator, not the proxy, was the limit.
-# other_cpu_pct: CPU used meanwhile by processes that are not the proxy, the upstream or oha (e.g.
-# another build or test run on the machine), in % of all CPUs; high values mean a disturbed run.
+# other_cpu_pct: CPU used meanwhile by processes that are not the proxy, the upstream or the load
+# generator (e.g. another build or test run on the machine), in % of all CPUs; high values mean a
+# disturbed run.
 run_one() {
-    local name=$1 port=$2 mode=$3 secs=$4 out=$5 p0 p1 u0 u1 a0 a1 w0 w1 oha_s
-    local args=("${OHA_BASE[@]}" -z "${secs}s" -c "$CONC")
-    [[ $mode == hs ]] && args+=(--disable-keepalive)
+    local name=$1 port=$2 mode=$3 secs=$4 out=$5 p0 p1 u0 u1 a0 a1 w0 w1 load_s
+    local cmd
+    if [[ $mode == ab ]]; then
+        # -t before -n: -t alone caps the run at 50000 requests.
+        cmd=(ab -q -k -c "$CONC" -t "$secs" -n 100000000 -E "$PKI/client-ab.pem" "https://127.0.0.1:$port/")
+    else
+        cmd=("$OHA" "${OHA_BASE[@]}" -z "${secs}s" -c "$CONC")
+        [[ $mode == hs ]] && cmd+=(--disable-keepalive)
+        if [[ $mode == dl ]]; then cmd+=("https://127.0.0.1:$port/1m"); else cmd+=("https://127.0.0.1:$port/"); fi
+    fi
     p0=$(tree_ticks "$(proxy_pid "$name")"); u0=$(tree_ticks "$UPSTREAM_PID"); a0=$(all_ticks)
     w0=$(date +%s.%N)
-    oha_s=$( { TIMEFORMAT='%3U %3S'; time "${LOAD[@]}" "$OHA" "${args[@]}" "https://127.0.0.1:$port/" >"$out" 2>"$out.err"; } 2>&1 )
+    load_s=$( { TIMEFORMAT='%3U %3S'; time "${LOAD[@]}" "${cmd[@]}" >"$out" 2>"$out.err"; } 2>&1 )
     w1=$(date +%s.%N)
     p1=$(tree_ticks "$(proxy_pid "$name")"); u1=$(tree_ticks "$UPSTREAM_PID"); a1=$(all_ticks)
     local stats
     stats=$(awk -v p0="$p0" -v p1="$p1" -v u0="$u0" -v u1="$u1" -v a0="$a0" -v a1="$a1" -v hz="$TICK" \
-        -v w0="$w0" -v w1="$w1" -v oha="$oha_s" -v n="$(nproc)" -v sc="$SRV_CPUS" 'BEGIN {
-            split(oha, o, " "); proxy = (p1 - p0) / hz; other = (a1 - a0) / hz - proxy - (u1 - u0) / hz - o[1] - o[2]
+        -v w0="$w0" -v w1="$w1" -v load="$load_s" -v n="$(nproc)" -v sc="$SRV_CPUS" 'BEGIN {
+            split(load, o, " "); proxy = (p1 - p0) / hz; other = (a1 - a0) / hz - proxy - (u1 - u0) / hz - o[1] - o[2]
             if (other < 0) other = 0
             srv = 100 * (proxy + (u1 - u0) / hz) / ((w1 - w0) * sc)
             printf "{\"proxy_cpu\": %f, \"srv_pct\": %f, \"other_pct\": %f}", proxy, srv, 100 * other / ((w1 - w0) * n) }')
+    if [[ $mode == ab ]]; then
+        ab_tsv "$out" "$stats"
+        return
+    fi
     jq -r --argjson st "$stats" \
         '[ ((.statusCodeDistribution["200"] // 0) / .summary.total),
            (([.statusCodeDistribution | to_entries[] | select(.key != "200") | .value] | add) // 0),
            (([.errorDistribution | to_entries[] | select(.key | test("deadline") | not) | .value] | add) // 0),
            ((.latencyPercentiles.p50 // 0) * 1000),
+           ((.latencyPercentiles.p99 // 0) * 1000),
            (if $st.proxy_cpu > 0 then (.statusCodeDistribution["200"] // 0) / $st.proxy_cpu else 0 end),
            $st.srv_pct, $st.other_pct ] | @tsv' "$out"
+}
+# ab's report (OUTFILE) and the CPU figures (JSON) -> the same fields as run_one. Requests that
+# are not 2xx, and failed ones, are not counted as ok; ab's "Length" failures are not failures
+# here (every answer is "ok\n", and ab counts a length change against the first answer).
+ab_tsv() {
+    jq -r -n --argjson st "$2" --rawfile r "$1" '
+        def num(re): ($r | capture(re) | .v | tonumber) // 0;
+        (num("Complete requests:\\s+(?<v>[0-9]+)")) as $done
+        | (num("Time taken for tests:\\s+(?<v>[0-9.]+)")) as $secs
+        | ([$r | scan("Non-2xx responses:\\s+([0-9]+)") | .[0] | tonumber] | add // 0) as $non2xx
+        | ([$r | scan("Exceptions: ([0-9]+)") | .[0] | tonumber] | add // 0) as $exc
+        | ([$r | scan("Connect: ([0-9]+), Receive: ([0-9]+)") | map(tonumber) | add] | add // 0) as $conn_fail
+        | ($done - $non2xx) as $ok
+        | [ (if $secs > 0 then $ok / $secs else 0 end), $non2xx, ($exc + $conn_fail),
+            num("\\n\\s+50%\\s+(?<v>[0-9]+)"), num("\\n\\s+99%\\s+(?<v>[0-9]+)"),
+            (if $st.proxy_cpu > 0 then $ok / $st.proxy_cpu else 0 end),
+            $st.srv_pct, $st.other_pct ] | @tsv'
 }
 port_of() { if [[ $1 == sidecar ]]; then echo "$PORT_SIDECAR"; else echo "$PORT_NGINX"; fi; }
 
 nginx_workers=$(pgrep -c -P "$NGINX_PID" || true)
 sidecar_threads=$(find "/proc/$SIDECAR_PID/task" -mindepth 1 -maxdepth 1 | wc -l)
 log "warm-up: ${WARMUP}s per cell"
-for mode in hs ka; do
+for mode in $MODES; do
     for name in sidecar nginx; do
         run_one "$name" "$(port_of "$name")" "$mode" "$WARMUP" "$RES/warmup-$name-$mode.json" >/dev/null
     done
 done
 
-declare -A VALS EFF SRVP OTHC
+declare -A VALS EFF SRVP OTHC P99
 OTHER=""
-printf '\n%-5s %-4s %-8s %10s %7s %7s %8s %14s %8s %7s\n' round test proxy "ok/s" non200 errors "p50(ms)" "ok/proxy-cpu-s" "server%" "other%"
+printf '\n%-5s %-4s %-8s %10s %7s %7s %8s %8s %14s %8s %7s\n' round test proxy "ok/s" non200 errors "p50(ms)" "p99(ms)" "ok/proxy-cpu-s" "server%" "other%"
 for round in $(seq "$ROUNDS"); do
     if ((round % 2)); then order=(sidecar nginx); else order=(nginx sidecar); fi
-    for mode in hs ka; do
+    for mode in $MODES; do
         for name in "${order[@]}"; do
             line=$(run_one "$name" "$(port_of "$name")" "$mode" "$DURATION" "$RES/r$round-$name-$mode.json")
-            read -r rps non200 errs p50 eff srv other <<<"$line"
+            read -r rps non200 errs p50 p99 eff srv other <<<"$line"
             VALS[$name-$mode]+="$rps "
+            P99[$name-$mode]+="$p99 "
             EFF[$name-$mode]+="$eff "
             SRVP[$name-$mode]+="$srv "
             OTHER+="$other "
             OTHC[$name-$mode]+="$other "
             mark=""
             awk -v o="$other" 'BEGIN{exit !(o > 2)}' && mark=" *"
-            printf '%-5s %-4s %-8s %10.1f %7d %7d %8.2f %14.0f %8.0f %7.1f%s\n' "$round" "$mode" "$name" "$rps" "$non200" "$errs" "$p50" "$eff" "$srv" "$other" "$mark"
+            printf '%-5s %-4s %-8s %10.1f %7d %7d %8.2f %8.2f %14.0f %8.0f %7.1f%s\n' "$round" "$mode" "$name" "$rps" "$non200" "$errs" "$p50" "$p99" "$eff" "$srv" "$other" "$mark"
             if ((non200 > 0 || errs > 0)); then
                 log "WARNING: $name $mode round $round: $non200 non-200 responses, $errs errors (see JSON with KEEP_TMP=1)"
             fi
@@ -414,15 +469,20 @@ echo "  machine:  $(nproc) CPUs ($cpu_model); pinning: $pinning"
 echo "  PKI:      $([[ $KEY == rsa ]] && echo 'RSA 2048' || echo 'ECDSA P-256') (CA, server, client), openssl CLI"
 echo "  TLS:      sidecar: $TLS_SIDECAR"
 echo "            nginx:   $TLS_NGINX"
-echo "  sidecar:  $("$SIDECAR" --version) ($sidecar_threads threads)"
+echo "  sidecar:  $("$SIDECAR" --version) ($sidecar_threads threads), server --protocol $PROTOCOL"
 echo "  nginx:    $(nginx -v 2>&1 | sed 's/nginx version: //') ($nginx_workers workers), $(openssl version | cut -d' ' -f1-2)"
 printf '  upstream: nginx, 1 worker, return 200 "ok\\n"\n'
-echo "  load:     $("$OHA" --version) (native-tls/OpenSSL, $OHA_THREADS threads), c=$CONC, ${DURATION}s per run, $ROUNDS alternating rounds"
+echo "  load:     $("$OHA" --version) (native-tls/OpenSSL, $OHA_THREADS threads) and $(ab -V | head -1 | sed 's/This is //; s/,.*//'), c=$CONC, ${DURATION}s per run, $ROUNDS alternating rounds"
 echo
 printf '%-30s %12s %12s %14s\n' "median of $ROUNDS runs" "sidecar" "nginx" "sidecar/nginx"
 ratio() { awk -v s="$1" -v n="$2" 'BEGIN{printf "%.2f", (n>0)?s/n:0}'; }
-for mode in hs ka; do
-    if [[ $mode == hs ]]; then label="full mTLS handshakes/s"; else label="keep-alive requests/s"; fi
+for mode in $MODES; do
+    case $mode in
+    hs) label="full mTLS handshakes/s" ;;
+    ka) label="keep-alive req/s (oha, 1.1)" ;;
+    ab) label="keep-alive req/s (ab -k, 1.0)" ;;
+    dl) label="1 MiB downloads/s (oha)" ;;
+    esac
     s=$(median <<<"${VALS[sidecar-$mode]}")
     n=$(median <<<"${VALS[nginx-$mode]}")
     printf '%-30s %12.0f %12.0f %14s\n' "$label" "$s" "$n" "$(ratio "$s" "$n")"
@@ -430,6 +490,9 @@ for mode in hs ka; do
     s=$(median <<<"${EFF[sidecar-$mode]}")
     n=$(median <<<"${EFF[nginx-$mode]}")
     printf '%-30s %12.0f %12.0f %14s\n' "  per proxy CPU-second" "$s" "$n" "$(ratio "$s" "$n")"
+    s=$(median <<<"${P99[sidecar-$mode]}")
+    n=$(median <<<"${P99[nginx-$mode]}")
+    printf '%-30s %12.2f %12.2f %14s\n' "  p99 latency (ms)" "$s" "$n" "$(ratio "$s" "$n")"
     s=$(median <<<"${SRVP[sidecar-$mode]}")
     n=$(median <<<"${SRVP[nginx-$mode]}")
     printf '%-30s %12.0f %12.0f\n' "  server CPU busy %" "$s" "$n"
@@ -438,7 +501,7 @@ for mode in hs ka; do
             v=$(median <<<"${SRVP[$who-$mode]}")
             o=$(median <<<"${OTHC[$who-$mode]}")
             if awk -v v="$v" -v o="$o" 'BEGIN{exit !(v < 90 && o <= 2)}'; then
-                echo "  note: $who's CPU was ${v%.*}% busy: oha (1 CPU) was the limit, so its $label is a lower bound"
+                echo "  note: $who's CPU was ${v%.*}% busy: the load generator (1 CPU) was the limit, so its $label is a lower bound"
             elif awk -v v="$v" 'BEGIN{exit !(v < 90)}'; then
                 echo "  note: $who's CPU was ${v%.*}% busy, and other processes took CPU (other%): disturbed"
             fi
@@ -450,4 +513,4 @@ if awk -v o="$other_max" 'BEGIN{exit !(o > 2)}'; then
     echo "WARNING: runs marked * lost over 2% of the CPUs (up to $(printf '%.0f' "$other_max")%) to other processes; rerun on an idle machine"
 fi
 echo "  sidecar binary: $SIDECAR"
-echo "command: ${NGINX_KEEPALIVE_REQUESTS:+NGINX_KEEPALIVE_REQUESTS=$NGINX_KEEPALIVE_REQUESTS }${NGINX_WORKERS_SET:+NGINX_WORKERS=$NGINX_WORKERS }PIN=$PIN KEY=$KEY CONC=$CONC DURATION=$DURATION ROUNDS=$ROUNDS bash bench/vs_nginx.sh"
+echo "command: MODES=\"$MODES\" PROTOCOL=$PROTOCOL ${NGINX_KEEPALIVE_REQUESTS:+NGINX_KEEPALIVE_REQUESTS=$NGINX_KEEPALIVE_REQUESTS }${NGINX_WORKERS_SET:+NGINX_WORKERS=$NGINX_WORKERS }PIN=$PIN KEY=$KEY CONC=$CONC DURATION=$DURATION ROUNDS=$ROUNDS bash bench/vs_nginx.sh"

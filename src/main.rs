@@ -18,8 +18,8 @@ use mtls_sidecar::limits;
 use mtls_sidecar::proxy::Protocol;
 use mtls_sidecar::signals;
 
-/// mimalloc instead of the C library's allocator: the static musl build's own allocator is slow
-/// under many threads, and glibc's keeps freed connection buffers (README "Sizing").
+/// mimalloc instead of the C library's allocator: glibc's keeps freed connection buffers in its
+/// per-thread arenas (README "Sizing"), and musl's (a static build) is slow under many threads.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
