@@ -9,6 +9,12 @@ use tracing::debug;
 use super::config::ListenerConfig;
 use super::io::{Activity, Tracked};
 
+/// Copy buffer from the client (`a`) to the upstream (`b`): requests and uploads.
+const TO_UPSTREAM_BUF: usize = 8 * 1024;
+/// Copy buffer from the upstream back to the client: responses and downloads. 16 KiB, a whole
+/// TLS record's plaintext, so a download is written in full-size records, one write each.
+const TO_CLIENT_BUF: usize = 16 * 1024;
+
 /// Returns the error that ended the copy, if one did (after it was logged at debug level).
 pub async fn splice<A, B>(client: A, upstream: B, cfg: &ListenerConfig) -> Option<std::io::Error>
 where
@@ -26,7 +32,7 @@ where
     };
     // On shutdown, tcp connections keep running until the grace period ends (the runtime stops then).
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, TO_UPSTREAM_BUF, TO_CLIENT_BUF) => {
             if let Err(e) = &r {
                 debug!(listener = %cfg.name, error = %e, "connection ended with an error");
             }
