@@ -36,6 +36,7 @@ COPY --from=build /rootfs/mtls-sidecar /mtls-sidecar
 COPY --from=build /rootfs/lib /lib
 COPY --from=build /rootfs/lib64 /lib64
 COPY --from=build /rootfs/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=build /rootfs/etc/nsswitch.conf /etc/nsswitch.conf
 COPY --from=build --chown=65532:65532 /rootfs/tmp /tmp
 # mimalloc, the binary's allocator: commit memory as it is used and give freed memory back at
 # once, so the resident set follows the open connections (README "Sizing").

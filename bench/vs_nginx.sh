@@ -24,6 +24,8 @@
 #                    tcp shows what the sidecar costs when the app needs no identity headers)
 #   SIDECAR_BIN=...  use this binary instead of `cargo build --release` in the repo
 #   KEEP_TMP=1       keep the temp dir (PKI, configs, logs, oha JSON)
+#   CHART=path.svg   where the chart of the ratios goes (default bench/results/vs_nginx-KEY-PROTOCOL.svg;
+#                    CHART=none: no chart)
 #   PORT_SIDECAR PORT_NGINX PORT_PROBE PORT_UPSTREAM   default: free ports picked at random
 # Install steps (apt nginx/jq/..., `cargo install oha`) run only when something is missing and
 # are not part of any measurement.
@@ -43,6 +45,7 @@ OHA_VERSION=1.16.0
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 TOOLS="$HERE/.tools"
+CHART=${CHART:-$HERE/results/vs_nginx-$KEY-$PROTOCOL.svg}
 OHA="$TOOLS/bin/oha"
 
 log() { printf '[vs_nginx] %s\n' "$*" >&2; }
@@ -490,9 +493,11 @@ for mode in $MODES; do
     s=$(median <<<"${EFF[sidecar-$mode]}")
     n=$(median <<<"${EFF[nginx-$mode]}")
     printf '%-30s %12.0f %12.0f %14s\n' "  per proxy CPU-second" "$s" "$n" "$(ratio "$s" "$n")"
+    cpu_ratio=$(ratio "$n" "$s") # the sidecar's CPU per unit over nginx's
     s=$(median <<<"${P99[sidecar-$mode]}")
     n=$(median <<<"${P99[nginx-$mode]}")
     printf '%-30s %12.2f %12.2f %14s\n' "  p99 latency (ms)" "$s" "$n" "$(ratio "$s" "$n")"
+    printf '%s\t%s\t%s\n' "${label%/s*}${label#*/s}" "$cpu_ratio" "$(ratio "$s" "$n")" >>"$RES/summary.tsv"
     s=$(median <<<"${SRVP[sidecar-$mode]}")
     n=$(median <<<"${SRVP[nginx-$mode]}")
     printf '%-30s %12.0f %12.0f\n' "  server CPU busy %" "$s" "$n"
@@ -513,4 +518,10 @@ if awk -v o="$other_max" 'BEGIN{exit !(o > 2)}'; then
     echo "WARNING: runs marked * lost over 2% of the CPUs (up to $(printf '%.0f' "$other_max")%) to other processes; rerun on an idle machine"
 fi
 echo "  sidecar binary: $SIDECAR"
+if [[ $CHART != none ]]; then
+    mkdir -p "$(dirname "$CHART")"
+    python3 "$HERE/vs_nginx_plot.py" "$RES/summary.tsv" "$CHART" \
+        "sidecar vs nginx, $([[ $KEY == rsa ]] && echo 'RSA 2048' || echo 'ECDSA P-256'), --protocol $PROTOCOL, c=$CONC, $(date +%F)"
+    echo "  chart: $CHART"
+fi
 echo "command: MODES=\"$MODES\" PROTOCOL=$PROTOCOL ${NGINX_KEEPALIVE_REQUESTS:+NGINX_KEEPALIVE_REQUESTS=$NGINX_KEEPALIVE_REQUESTS }${NGINX_WORKERS_SET:+NGINX_WORKERS=$NGINX_WORKERS }PIN=$PIN KEY=$KEY CONC=$CONC DURATION=$DURATION ROUNDS=$ROUNDS bash bench/vs_nginx.sh"

@@ -7,11 +7,14 @@
 #                                      `ldd` finds them, at the same paths: the loader and the
 #                                      libraries the binary was linked against, nothing else
 #   /etc/ssl/certs/ca-certificates.crt the CA certificates (for an https:// --webhook)
+#   /etc/nsswitch.conf                 `hosts: files dns`, as Debian and distroless have it
 #   /tmp                               1777, owned by 65532 (the image's user)
 #
 # That is what distroless's `cc` image holds, without a package database or anything to pull.
-# glibc 2.34+ has its `files` and `dns` name services built in: with kubelet's /etc/hosts and
-# /etc/resolv.conf, host names resolve without /etc/nsswitch.conf or NSS modules.
+# glibc 2.34+ has its `files` and `dns` name services built in, so kubelet's /etc/hosts and
+# /etc/resolv.conf are all it needs to resolve host names. nsswitch.conf puts /etc/hosts first:
+# without it glibc asks DNS first and reads /etc/hosts only when DNS is unreachable, so
+# `localhost` would depend on the cluster's DNS answering for it.
 #
 #   sh image/rootfs.sh BIN ROOT
 set -eu
@@ -23,6 +26,7 @@ chmod 1777 "$ROOT/tmp"
 install -m 0755 "$BIN" "$ROOT/mtls-sidecar"
 strip "$ROOT/mtls-sidecar"
 cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/"
+printf 'hosts: files dns\n' >"$ROOT/etc/nsswitch.conf"
 
 # Every library `ldd` resolves ("name => /path (addr)") and the loader ("/path (addr)"), copied
 # with symlinks resolved to the path the binary asks for.

@@ -2,9 +2,9 @@
 //! ALPN chose `h2`; lifecycle in `http_conn`) are forwarded to the target by the listener's
 //! [`Forwarder`], through pooled clients (HTTP/2 prior knowledge for gRPC, HTTP/1.1 otherwise).
 //! Client-sent identity headers are removed (`headers`) and ours added, their values built once
-//! per connection ([`IdentityHeaders`]): the upstream can trust `X-Client-*`. Malformed requests (Host headers, a body that
-//! fails) are the client's: 400. Upstream errors become 502, an upstream slower than
-//! `--idle-timeout` 504; neither ever hangs the client.
+//! per connection ([`IdentityHeaders`]): the upstream can trust `X-Client-*`. Malformed requests
+//! (Host headers, a body that fails) are the client's: 400. Upstream errors become 502, an
+//! upstream slower than `--idle-timeout` 504; neither ever hangs the client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
