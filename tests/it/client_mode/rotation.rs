@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::*;
+use crate::support::failures::Failures;
 use crate::support::pki::KeyAlg;
 use crate::support::sidecar::wait_until;
 
@@ -21,7 +22,7 @@ struct Load {
     /// Moves at every change of phase; with the client certificate hash every request started
     /// in that phase must arrive with, or None while a swap is in progress.
     epoch: Mutex<(u64, Option<String>)>,
-    failures: Mutex<Vec<String>>,
+    failures: Failures,
     requests: AtomicUsize,
     /// Requests made entirely within a settled phase (the ones checked for the hash).
     checked: AtomicUsize,
@@ -38,10 +39,7 @@ impl Load {
     }
 
     fn fail(&self, what: String) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(what);
+        self.failures.push(what);
     }
 
     /// Run `request` until stopped, checking each outcome (and with `check_hash`, the client
@@ -93,10 +91,7 @@ impl Load {
         for t in threads {
             t.join().expect("app thread panicked");
         }
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.failures.list()
     }
 }
 

@@ -33,6 +33,7 @@ use super::outbound_client::start_client_sidecar;
 use super::pod::{mounts, Pod};
 use super::terminate_legacy_app::{is_legacy_answer, xfcc_hash, LegacyApp};
 use super::{assert_all_gone, processes, tools, WAIT, WEB_APP_DN};
+use crate::support::failures::Failures;
 use crate::support::http1::{PlainConn, Response};
 use crate::support::pki::{Ca, KeyAlg, Leaf, TestPki};
 use crate::support::sidecar::{wait_until, Sidecar};
@@ -59,7 +60,7 @@ struct Traffic {
     stop: AtomicBool,
     /// Moves at every change, with the web-app leaves the legacy app may report now.
     expected: Mutex<(u64, Vec<Leaf>)>,
-    failures: Mutex<Vec<String>>,
+    failures: Failures,
     served: AtomicUsize,
 }
 
@@ -78,17 +79,11 @@ impl Traffic {
     }
 
     fn fail(&self, what: String) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(what);
+        self.failures.push(what);
     }
 
     fn failures(&self) -> Vec<String> {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.failures.list()
     }
 
     fn served(&self) -> usize {

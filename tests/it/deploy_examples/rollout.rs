@@ -50,6 +50,7 @@ use super::nginx_reload::{is_nginx_answer, NginxPod};
 use super::pod::{runs_nginx_image, Pod};
 use super::terminate_legacy_app::{is_legacy_answer, LegacyApp};
 use super::{assert_all_gone, processes, tools, WAIT, WEB_APP_DN};
+use crate::support::failures::Failures;
 use crate::support::http1::PlainConn;
 use crate::support::pki::{Leaf, TestPki};
 use crate::support::procs::{ProcId, Reaped};
@@ -312,7 +313,7 @@ struct Traffic {
     /// Round robin over the endpoints.
     next: AtomicUsize,
     stop: AtomicBool,
-    failures: Mutex<Vec<String>>,
+    failures: Failures,
     /// Kept-alive connections the server closed (with `Connection: close`, or before any
     /// answer to a request on a reused connection).
     reconnects: AtomicUsize,
@@ -344,17 +345,11 @@ impl Traffic {
     }
 
     fn fail(&self, what: String) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(what);
+        self.failures.push(what);
     }
 
     fn failures(&self) -> Vec<String> {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.failures.list()
     }
 
     /// Count `resp` from `backend` to the request for `path` as served, or as a failure.

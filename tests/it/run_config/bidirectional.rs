@@ -14,13 +14,14 @@
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::{wait_listener_serves, xfcc_hash};
+use crate::support::failures::Failures;
 use crate::support::fixture::{tls_files, Env};
 use crate::support::http1::{PlainConn, Response};
 use crate::support::kubelet::KubeletVolume;
@@ -122,7 +123,7 @@ fn start_api(pki: &TestPki, dir: &Path) -> Api {
 #[derive(Default)]
 struct Load {
     stop: AtomicBool,
-    failures: Mutex<Vec<String>>,
+    failures: Failures,
     requests: AtomicUsize,
 }
 
@@ -154,10 +155,7 @@ impl Load {
     }
 
     fn fail(&self, what: String) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(what);
+        self.failures.push(what);
     }
 
     fn finish(&self, threads: Vec<JoinHandle<()>>) -> Vec<String> {
@@ -165,10 +163,7 @@ impl Load {
         for t in threads {
             t.join().expect("client thread panicked");
         }
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.failures.list()
     }
 }
 

@@ -4,14 +4,13 @@
 //! then). SIGTERM afterwards drains and exits 0 as always. `mtls-sidecar drain` is that hook for
 //! images that have our binary.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use super::*;
-use crate::support::bin;
+use crate::support::bin_command;
 use crate::support::cli_clients::run_bounded;
+use crate::support::failures::Failures;
 use crate::support::upstream::HttpUpstream;
 
 const DRAINING: &str = "not ready: draining\n";
@@ -21,7 +20,7 @@ const DRAINING: &str = "not ready: draining\n";
 struct Load {
     stop: AtomicBool,
     ok: AtomicUsize,
-    failures: Mutex<Vec<String>>,
+    failures: Failures,
 }
 
 impl Load {
@@ -32,12 +31,10 @@ impl Load {
                 Ok(r) if r.status == 200 => {
                     self.ok.fetch_add(1, Ordering::SeqCst);
                 }
-                Ok(r) => self.failures.lock().unwrap().push(format!(
-                    "HTTP {}: {}",
-                    r.status,
-                    r.body_text()
-                )),
-                Err(e) => self.failures.lock().unwrap().push(e),
+                Ok(r) => self
+                    .failures
+                    .push(format!("HTTP {}: {}", r.status, r.body_text())),
+                Err(e) => self.failures.push(e),
             }
         }
     }
@@ -122,7 +119,7 @@ fn drain_turns_readiness_off_keeps_serving_and_answers_after_the_delay() {
             "no request served after /drain answered"
         );
     });
-    let failures = load.failures.lock().unwrap().clone();
+    let failures = load.failures.list();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert_eq!(sc.get("/readyz"), (503, DRAINING.to_string()));
     // A second call answers at once (the delay is over) and logs nothing new.
@@ -170,9 +167,8 @@ fn drain_command_waits_for_the_delay_and_exits_0() {
         &upstream.addr(),
         &["--allow-all", "--drain-delay", "1s"],
     );
-    let mut cmd = Command::new(bin());
-    cmd.env_remove("RUST_LOG")
-        .args(["drain", "--admin", sc.admin_addr(), "--timeout", "20s"]);
+    let mut cmd = bin_command();
+    cmd.args(["drain", "--admin", sc.admin_addr(), "--timeout", "20s"]);
     let started = Instant::now();
     let ran = run_bounded(&mut cmd, b"", Duration::from_secs(30));
     assert!(ran.success(), "{ran:?}");
@@ -188,9 +184,8 @@ fn drain_command_without_a_sidecar_exits_1_naming_the_address() {
         .expect("a free port")
         .port();
     let admin = format!("127.0.0.1:{port}");
-    let mut cmd = Command::new(bin());
-    cmd.env_remove("RUST_LOG")
-        .args(["drain", "--admin", &admin, "--timeout", "5s"]);
+    let mut cmd = bin_command();
+    cmd.args(["drain", "--admin", &admin, "--timeout", "5s"]);
     let ran = run_bounded(&mut cmd, b"", WAIT);
     assert_eq!(ran.status.and_then(|s| s.code()), Some(1), "{ran:?}");
     assert!(

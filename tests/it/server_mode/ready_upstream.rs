@@ -53,8 +53,7 @@ fn ready_upstream_is_refused_for_a_client_listener_in_a_config_file() {
     );
     let file = env.tmp().join("config.yaml");
     std::fs::write(&file, yaml).expect("write the config");
-    let out = std::process::Command::new(crate::support::bin())
-        .env_remove("RUST_LOG")
+    let out = crate::support::bin_command()
         .args(["run", "--check", "--config"])
         .arg(&file)
         .output()

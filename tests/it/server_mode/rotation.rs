@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use super::*;
 use crate::support::cli_clients::{port_of, users_curl_paths};
+use crate::support::failures::Failures;
 use crate::support::fixture::tls_files;
 use crate::support::kubelet::KubeletVolume;
 use crate::support::pki::KeyAlg;
@@ -32,7 +33,7 @@ struct Load {
     stop: AtomicBool,
     last_swap_done: AtomicBool,
     epoch: Mutex<Epoch>,
-    failures: Mutex<Vec<String>>,
+    failures: Failures,
     requests: AtomicUsize,
     /// Keep-alive clients that completed a request after the last swap settled.
     survivors: AtomicUsize,
@@ -42,10 +43,7 @@ struct Load {
 
 impl Load {
     fn fail(&self, what: String) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(what);
+        self.failures.push(what);
     }
 
     fn epoch(&self) -> (u64, Option<String>) {
@@ -179,23 +177,14 @@ fn rotation_under_load_drops_no_requests() {
     }
     load.last_swap_done.store(true, Ordering::SeqCst);
     let survived = sc.wait_until(WAIT, || {
-        load.survivors.load(Ordering::SeqCst) == KEEP_ALIVE_CLIENTS
-            || !load
-                .failures
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
+        load.survivors.load(Ordering::SeqCst) == KEEP_ALIVE_CLIENTS || !load.failures.is_empty()
     });
     load.stop.store(true, Ordering::SeqCst);
     for t in threads {
         t.join().expect("load thread panicked");
     }
 
-    let failures = load
-        .failures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let failures = load.failures.list();
     assert!(
         failures.is_empty(),
         "{} failures under rotation, first: {:?}\n{}",

@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cli_clients;
+pub mod failures;
 pub mod fixture;
 pub mod h2raw;
 pub mod http1;
