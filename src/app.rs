@@ -555,6 +555,12 @@ impl Runtime {
                 );
                 stats = shared.stats.clone();
                 let handler = Arc::new(Inbound::new(shared, allow));
+                // Done (not failed) once `conns` is cancelled.
+                self.spawn_with(
+                    "upstream pool",
+                    conns.clone(),
+                    handler.stop_pooling_at(conns.clone()),
+                );
                 let h = handler.clone();
                 follow = Arc::new(move |store, cancel| Box::pin(h.follow(store, cancel)));
                 self.serve(handler, socket, (&stop, &conns), handover, &tracker);

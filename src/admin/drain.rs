@@ -7,7 +7,8 @@
 //! and serving meanwhile: the endpoints take seconds to propagate, and the app is still alive;
 //! but each connection to a server listener closes once its request is answered (HTTP/1
 //! `Connection: close`, HTTP/2 GOAWAY), so kept-alive clients reconnect through the Service to
-//! pods that stay.
+//! pods that stay, and their connections to the app are not kept open for later requests (the
+//! app, stopped next, need not wait for them).
 //!
 //! [`Drain`] is that state; [`request`] is the `drain` subcommand's side of it (an exec preStop
 //! hook in images that have our binary).

@@ -1,6 +1,7 @@
 //! `server --protocol http`: requests on the TLS connection (HTTP/1.1 keep-alive, or HTTP/2 when
 //! ALPN chose `h2`; lifecycle in `http_conn`) are forwarded to the target by the listener's
-//! [`Forwarder`], through pooled clients (HTTP/2 prior knowledge for gRPC, HTTP/1.1 otherwise).
+//! [`Forwarder`], through pooled clients (HTTP/2 prior knowledge for gRPC, HTTP/1.1 otherwise;
+//! from the start of a drain not pooled any more, see [`Forwarder::stop_pooling`]).
 //! Client-sent identity headers are removed (`headers`) and ours added, their values built once
 //! per connection ([`IdentityHeaders`]): the upstream can trust `X-Client-*`. Malformed requests
 //! (Host headers, a body that fails) are the client's: 400. Upstream errors become 502, an
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{self, Authority, PathAndQuery};
@@ -72,10 +74,40 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// Forwards the requests of one `server` listener: its pooled upstream clients.
-pub struct Forwarder {
+/// How long an unused pooled connection to the app stays open.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// The upstream clients of one `server` listener.
+struct Clients {
     h1: Client<Connector, TouchBody<Incoming>>,
     h2: Client<Connector, TouchBody<Incoming>>,
+}
+
+impl Clients {
+    /// `pooled`: connections stay open between requests (up to [`POOL_IDLE`] unused); else each
+    /// one closes once its request is answered.
+    fn new(connector: &Connector, pooled: bool) -> Self {
+        let mut builder = Client::builder(TokioExecutor::new());
+        // Without a timer the idle timeout is only checked when a connection is reused.
+        builder.pool_timer(TokioTimer::new());
+        if pooled {
+            builder.pool_idle_timeout(POOL_IDLE);
+        } else {
+            builder.pool_max_idle_per_host(0);
+        }
+        let h1 = builder.build(connector.clone());
+        let h2 = builder.http2_only(true).build(Connector {
+            capped: false,
+            ..connector.clone()
+        });
+        Clients { h1, h2 }
+    }
+}
+
+/// Forwards the requests of one `server` listener: its upstream clients (one load per request).
+pub struct Forwarder {
+    clients: ArcSwap<Clients>,
+    connector: Connector,
     authority: Authority,
     shared: Arc<Shared>,
 }
@@ -89,16 +121,6 @@ impl Forwarder {
             slots: shared.upstream.clone(),
             capped: true,
         };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Without a timer the idle timeout is only checked when a connection is reused.
-            .pool_timer(TokioTimer::new());
-        let h1 = builder.build(connector.clone());
-        let h2 = builder.http2_only(true).build(Connector {
-            capped: false,
-            ..connector
-        });
         // The upstream request's authority: the target's host:port (checked when the listener was
         // configured), "localhost" for a Unix socket.
         let authority = match &cfg.target {
@@ -107,11 +129,27 @@ impl Forwarder {
         }
         .unwrap_or_else(|| Authority::from_static("localhost"));
         Forwarder {
-            h1,
-            h2,
+            clients: ArcSwap::from_pointee(Clients::new(&connector, true)),
+            connector,
             authority,
             shared,
         }
+    }
+
+    /// From the start of a drain (or the listener's close): no connection to the app is kept
+    /// open for later requests. The pooled ones close, the idle ones now and the busy ones once
+    /// their response is relayed, and later requests each get a connection that closes after
+    /// them. The app is stopped next, and an app that quits gracefully waits for the
+    /// connections it has: nginx's SIGQUIT waits for every connection that is not between two
+    /// requests, also one the pool opened and never used (it gives such a connection its
+    /// `client_header_timeout`, 60 s, longer than the usual grace period).
+    pub fn stop_pooling(&self) {
+        self.clients
+            .store(Arc::new(Clients::new(&self.connector, false)));
+        info!(
+            target = %self.shared.cfg.target,
+            "connections to the app close after their request from now on"
+        );
     }
 
     /// Serves one TLS connection (see `http_conn` for its lifecycle).
@@ -199,7 +237,6 @@ impl Forwarder {
             Ok(u) => *req.uri_mut() = u,
             Err(_) => return short(StatusCode::BAD_REQUEST, "request path cannot be forwarded"),
         }
-        let client = if grpc { &self.h2 } else { &self.h1 };
         *req.version_mut() = if grpc {
             Version::HTTP_2
         } else {
@@ -208,7 +245,11 @@ impl Forwarder {
         // Timed per request: not a fixed deadline (an upload that keeps moving is never cut), and
         // not the connection's traffic (other HTTP/2 streams must not keep a stuck one waiting).
         let waiting = Activity::new();
-        let request = client.request(req.map(|b| TouchBody::new(b, waiting.clone())));
+        let request = {
+            let clients = self.clients.load();
+            let client = if grpc { &clients.h2 } else { &clients.h1 };
+            client.request(req.map(|b| TouchBody::new(b, waiting.clone())))
+        };
         let outcome = tokio::select! {
             r = request => Ok(r),
             _ = waiting.idle(cfg.idle_timeout) => Err(()),

@@ -79,6 +79,24 @@ impl Inbound {
             cancel,
         )
     }
+
+    /// Once `close` is cancelled (a drain, or the listener's close): keeps no connection to the
+    /// app open for later requests (see [`http::Forwarder::stop_pooling`]; tcp mode has none).
+    pub fn stop_pooling_at(
+        &self,
+        close: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let forwarder = match &self.mode {
+            Mode::Http(f) => Some(f.clone()),
+            Mode::Tcp => None,
+        };
+        async move {
+            close.cancelled().await;
+            if let Some(f) = forwarder {
+                f.stop_pooling();
+            }
+        }
+    }
 }
 
 impl Handler for Inbound {

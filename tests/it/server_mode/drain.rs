@@ -11,6 +11,7 @@ use super::*;
 use crate::support::bin_command;
 use crate::support::cli_clients::run_bounded;
 use crate::support::failures::Failures;
+use crate::support::sidecar::wait_until;
 use crate::support::upstream::HttpUpstream;
 
 const DRAINING: &str = "not ready: draining\n";
@@ -127,6 +128,66 @@ fn drain_turns_readiness_off_keeps_serving_and_answers_after_the_delay() {
     assert_eq!(again.0, 200, "{}", again.1);
     let logged = sc.log().matches("draining: readiness off").count();
     assert_eq!(logged, 1, "{}", sc.log());
+    let status = sc.terminate();
+    assert_eq!(status.code(), Some(0), "{status}\n{}", sc.log());
+}
+
+/// The app is stopped once `/drain` answers, and an app that quits gracefully waits for the
+/// connections it has (nginx's SIGQUIT waits up to 60 s for one that never sent a request, and
+/// the pool opens such ones): by then the sidecar holds none open, the pooled ones closed at the
+/// start of the drain and a request during it got a connection that closed after it.
+#[test]
+fn drain_leaves_no_connection_to_the_app_open_when_it_answers() {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let mut sc = start_ready(
+        &env,
+        "http",
+        &upstream.addr(),
+        &["--allow-all", "--drain-delay", "3s"],
+    );
+    let addr = sc.listen_addr().to_string();
+    let client = TlsClient::builder(&env.pki.root.cert_pem)
+        .leaf(&env.pki.client())
+        .settle(Duration::ZERO)
+        .build();
+    let ok = |client: &TlsClient| {
+        let r = client.get(&addr, "/").expect("request through the sidecar");
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    };
+    for _ in 0..3 {
+        ok(&client);
+    }
+    assert!(
+        upstream.open_connections() >= 1,
+        "the sidecar keeps its connections to the app open between requests (pooled)"
+    );
+    std::thread::scope(|s| {
+        let drain = s.spawn(|| sc.get("/drain"));
+        assert!(
+            sc.wait_until(WAIT, || sc.get("/readyz").0 == 503),
+            "/readyz never turned 503 after /drain"
+        );
+        ok(&client);
+        let (code, body) = drain.join().expect("drain thread");
+        assert_eq!(code, 200, "{body}");
+    });
+    let left = upstream.open_connections();
+    let closed = wait_until(Duration::from_millis(500), || {
+        upstream.open_connections() == 0
+    });
+    assert!(
+        closed,
+        "{left} connection(s) to the app still open when /drain answered (the app is stopped \
+         next, and would wait for them)\n{}",
+        sc.log()
+    );
+    assert!(
+        sc.log()
+            .contains("connections to the app close after their request"),
+        "{}",
+        sc.log()
+    );
     let status = sc.terminate();
     assert_eq!(status.code(), Some(0), "{status}\n{}", sc.log());
 }

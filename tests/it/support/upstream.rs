@@ -3,7 +3,7 @@
 //! and a JSON echo of what it received: `{"method", "path", "headers": {lowercased name:
 //! [values...]}, "body"}`, with status 200 unless its query has `status=N`. A request can be
 //! slowed down with `?delay_ms=N` in its query, or
-//! every request with `set_delay`. It counts connections and requests and keeps the last
+//! every request with `set_delay`. It counts connections (accepted, and open now) and requests and keeps the last
 //! request it answered (`last`). `Echoed` parses its
 //! replies. The byte-level upstream for `--protocol tcp` is `tcp_upstream.rs`.
 
@@ -27,6 +27,8 @@ use serde_json::{json, Value};
 #[derive(Default)]
 struct HttpState {
     connections: AtomicUsize,
+    /// Connections accepted and not closed yet.
+    open: AtomicUsize,
     /// Requests whose head arrived (counted before any delay).
     started: AtomicUsize,
     /// Requests answered.
@@ -106,6 +108,11 @@ impl HttpUpstream {
         self.state.connections.load(Ordering::SeqCst)
     }
 
+    /// TCP connections open now (accepted, not closed yet).
+    pub fn open_connections(&self) -> usize {
+        self.state.open.load(Ordering::SeqCst)
+    }
+
     /// Requests received so far (counted when the head arrives, before any delay).
     pub fn requests_started(&self) -> usize {
         self.state.started.load(Ordering::SeqCst)
@@ -160,6 +167,7 @@ async fn serve_http(
         let state = state.clone();
         let tls = tls.clone().map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
+            let _open = OpenConn::count(state.clone());
             let service = hyper::service::service_fn(move |req| echo(req, state.clone()));
             let http = hyper::server::conn::http1::Builder::new();
             match tls {
@@ -173,6 +181,22 @@ async fn serve_http(
                 }
             }
         });
+    }
+}
+
+/// Counts a connection as open while its task runs.
+struct OpenConn(Arc<HttpState>);
+
+impl OpenConn {
+    fn count(state: Arc<HttpState>) -> Self {
+        state.open.fetch_add(1, Ordering::SeqCst);
+        OpenConn(state)
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
