@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # mtls-sidecar `server --protocol http` vs nginx (ssl_verify_client on + proxy_pass), same PKI,
-# same upstream, same machine, same run, same identity headers. Measures with two independent load
-# generators, oha (HTTP/1.1, built against OpenSSL so clients do full handshakes with no session
-# resumption) and ApacheBench (`ab -k`: HTTP/1.0 keep-alive, one thread):
+# same upstream, same machine, same run, same identity headers; with haproxy (HTTP mode, same
+# identity headers) and, for PROTOCOL=tcp, stunnel (TCP only) as further peers. Measures with two
+# independent load generators, oha (HTTP/1.1, built against OpenSSL so clients do full handshakes
+# with no session resumption) and ApacheBench (`ab -k`: HTTP/1.0 keep-alive, one thread):
 #   (hs) full mTLS handshakes/s: one new TLS connection per request (oha --disable-keepalive)
 #   (ka) keep-alive requests/s: CONC long-lived TLS connections (oha, HTTP/1.1)
 #   (ab) keep-alive requests/s: CONC long-lived TLS connections (ab -k, HTTP/1.0 keep-alive)
 #   (dl) 1 MiB downloads/s: CONC long-lived TLS connections (oha), each response 1 MiB: per proxy
 #        CPU-second it is MiB per CPU-second
 # Each with p50/p99 latency and requests per proxy CPU-second (from /proc).
-# Runs alternate sidecar/nginx; the table shows the median of ROUNDS runs and sidecar/nginx ratios.
+# Runs alternate the proxies (sidecar, nginx, haproxy, stunnel, then the reverse order); the table
+# shows the median of ROUNDS runs and each proxy's ratio to nginx, the reference.
 #
 # Usage (as root, from anywhere):  bash bench/vs_nginx.sh
 # Knobs (environment):
@@ -17,18 +19,56 @@
 #   ROUNDS=3         measured runs per cell            WARMUP=2    seconds of warm-up per cell
 #   KEY=rsa|ec       rsa = RSA 2048 (as in our users' guide), ec = ECDSA P-256, for CA, server, client
 #   PIN=1|0          1: proxy + upstream on CPU 0, load generator on CPU 1 (taskset); 0: no pinning
-#   NGINX_WORKERS    nginx worker_processes; default auto, or 1 with PIN=1 (one CPU for the proxy)
+#   NGINX_WORKERS    nginx worker_processes; default auto, or 1 with PIN=1 (one CPU for the proxy);
+#                    also haproxy's nbthread (auto: haproxy's default, one thread per CPU it may use)
 #   NGINX_KEEPALIVE_REQUESTS  set nginx keepalive_requests (default: unset, nginx's 1000)
 #   MODES="hs ka ab dl" which measurements to run
-#   PROTOCOL=http|tcp the sidecar's --protocol (nginx always proxies HTTP with the identity headers:
-#                    tcp shows what the sidecar costs when the app needs no identity headers)
+#   PROTOCOL=http|tcp the sidecar's --protocol (nginx and haproxy always proxy HTTP with the identity
+#                    headers: tcp shows what the sidecar costs when the app needs no identity headers;
+#                    stunnel, TCP only, runs only with PROTOCOL=tcp)
+#   PEERS="nginx haproxy stunnel"  which proxies run beside the sidecar (default: all three; nginx,
+#                    the reference of the ratios, always runs; stunnel is skipped unless PROTOCOL=tcp)
 #   SIDECAR_BIN=...  use this binary instead of `cargo build --release` in the repo
-#   KEEP_TMP=1       keep the temp dir (PKI, configs, logs, oha JSON)
+#   KEEP_TMP=1       keep the temp dir (PKI, configs, logs, oha JSON, the headers each proxy sent)
 #   CHART=path.svg   where the chart of the ratios goes (default bench/results/vs_nginx-KEY-PROTOCOL.svg;
 #                    CHART=none: no chart)
-#   PORT_SIDECAR PORT_NGINX PORT_PROBE PORT_UPSTREAM   default: free ports picked at random
-# Install steps (apt nginx/jq/..., `cargo install oha`) run only when something is missing and
-# are not part of any measurement.
+#   PORT_SIDECAR PORT_NGINX PORT_HAPROXY PORT_STUNNEL PORT_PROBE PORT_UPSTREAM
+#                    default: free ports picked at random
+# Install steps (apt nginx/haproxy/stunnel4/jq/..., `cargo install oha`) run only when something is
+# missing and are not part of any measurement.
+#
+# The peers, and what differs between them (the configs are written below):
+#   nginx    the users' guide's server block plus the identity headers (see its config below).
+#   haproxy  `mode http`, `bind ... ssl crt ... ca-file ... verify required`, proxying to the same
+#            upstream, setting the same six headers as nginx. A pre-flight request to the upstream's
+#            /hdrs (which echoes them) checks that they are byte-identical to nginx's:
+#              X-Client-Cert: nginx's $ssl_client_escaped_cert is the URL-encoded PEM; haproxy 2.6
+#                has no PEM fetch, so it is built from ssl_c_der: base64, a newline every 64
+#                characters (regsub), the BEGIN/END lines, url_enc. Same bytes, different code path.
+#              X-Client-DN: ssl_c_s_dn(,0,rfc2253), nginx's $ssl_client_s_dn format.
+#              X-Client-Verify: the constant SUCCESS when ssl_c_verify is 0 (haproxy has no string
+#                form of the result; `verify required` lets no other client that far anyway).
+#              X-Forwarded-Client-Cert: the hash is ssl_c_der,sha1,hex,lower = nginx's SHA-1
+#                $ssl_client_fingerprint.
+#              X-Forwarded-For %[src], X-Forwarded-Proto https (nginx: $remote_addr, $scheme).
+#            Other differences: haproxy forwards the client's Host header (nginx sends its upstream
+#            name); haproxy's cert and key are one PEM file (the same cert and key concatenated);
+#            `http-reuse always` lets the first request of a client connection use an idle upstream
+#            connection, as nginx's `keepalive 64` does (haproxy's default `safe` would open a new
+#            upstream connection per hs request); haproxy keeps no per-connection request limit
+#            (nginx: keepalive_requests 1000); a client without a certificate fails in the handshake
+#            (nginx answers 400 after it). nbthread is nginx's worker count (1 under PIN=1).
+#   stunnel  TCP only (no HTTP, no headers): a peer of the sidecar's --protocol tcp, and skipped
+#            with a note when PROTOCOL=http. `verifyChain = yes` (implies requireCert) with the same
+#            CA file, cert and key. It opens one upstream connection per client connection, like the
+#            sidecar in tcp mode (nginx and haproxy pool theirs). Its Debian build is threaded
+#            (pthread): one thread per client connection, which cannot be limited; under PIN=1 all
+#            of them share CPU 0 (taskset), the one CPU nginx's single worker has, and in hs every
+#            handshake also creates and ends a thread. `debug = warning` (no line per connection,
+#            like nginx's access_log off); TCP_NODELAY on both sides is its default.
+#   All: the same server cert/key and CA, TLS 1.2-1.3 (each negotiated version, cipher and key
+#   exchange is printed and must match), 127.0.0.1 only, keep-alive and idle timeouts longer than
+#   any run, no access logs.
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -40,6 +80,8 @@ NGINX_WORKERS_SET=${NGINX_WORKERS:-}
 PIN=${PIN:-1}
 MODES=${MODES:-hs ka ab dl}
 PROTOCOL=${PROTOCOL:-http}
+PEERS_SET=${PEERS:-}
+PEERS=${PEERS:-nginx haproxy stunnel}
 OHA_VERSION=1.16.0
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -54,10 +96,32 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "run as root (installs packages, starts nginx)"
 [[ $KEY == rsa || $KEY == ec ]] || die "KEY must be rsa or ec"
 [[ $PROTOCOL == http || $PROTOCOL == tcp ]] || die "PROTOCOL must be http or tcp"
+# PROXIES: what is measured, in the order of odd rounds; nginx is the reference and always runs.
+for peer in $PEERS; do
+    [[ $peer == nginx || $peer == haproxy || $peer == stunnel ]] ||
+        die "PEERS: unknown peer '$peer' (nginx haproxy stunnel)"
+done
+wanted() { [[ " $PEERS " == *" $1 "* ]]; }
+wanted nginx || log "note: nginx runs anyway (the reference of the ratios)"
+# EXTRA: the peers besides the sidecar and nginx, in table and chart order.
+EXTRA=()
+if wanted haproxy; then EXTRA+=(haproxy); fi
+if wanted stunnel; then
+    if [[ $PROTOCOL == tcp ]]; then
+        EXTRA+=(stunnel)
+    else
+        log "note: stunnel skipped: it proxies TCP only (no identity headers), a peer only with PROTOCOL=tcp"
+    fi
+fi
+# PROXIES: everything measured, in the order of odd rounds (even rounds: the reverse).
+PROXIES=(sidecar nginx "${EXTRA[@]}")
+runs() { [[ " ${PROXIES[*]} " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- install (not measured)
 need_apt=()
 command -v nginx >/dev/null || need_apt+=(nginx)
+if runs haproxy; then command -v haproxy >/dev/null || need_apt+=(haproxy); fi
+if runs stunnel; then command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need_apt+=(stunnel4); fi
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v jq >/dev/null || need_apt+=(jq)
@@ -72,7 +136,8 @@ if ((${#need_apt[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-    # Debian's postinst may start a system nginx on :80; it is not ours and is left alone.
+    # Debian's postinst may start a system nginx on :80 (or a system haproxy); it is not ours and
+    # is left alone. stunnel4's starts nothing without a config in /etc/stunnel.
 fi
 if [[ ! -x $OHA ]] || [[ $("$OHA" --version 2>/dev/null) != "oha $OHA_VERSION" ]]; then
     log "cargo install oha $OHA_VERSION (native-tls/OpenSSL) into $TOOLS (a few minutes, once)"
@@ -98,13 +163,13 @@ pick_port() {
     done
     die "no free port found"
 }
-for v in PORT_SIDECAR PORT_NGINX PORT_PROBE PORT_UPSTREAM; do
+for v in PORT_SIDECAR PORT_NGINX PORT_HAPROXY PORT_STUNNEL PORT_PROBE PORT_UPSTREAM; do
     if [[ -n ${!v:-} ]]; then
         in_use "${!v}" && die "$v=${!v}: 127.0.0.1:${!v} is already in use"
         TAKEN+="${!v} "
     fi
 done
-for v in PORT_SIDECAR PORT_NGINX PORT_PROBE PORT_UPSTREAM; do
+for v in PORT_SIDECAR PORT_NGINX PORT_HAPROXY PORT_STUNNEL PORT_PROBE PORT_UPSTREAM; do
     [[ -n ${!v:-} ]] || printf -v "$v" '%s' "$(pick_port)"
 done
 
@@ -206,6 +271,11 @@ $(temp_paths "$TMP/upstream")
   server {
     listen 127.0.0.1:$PORT_UPSTREAM;
     location / { default_type text/plain; return 200 "ok\n"; }
+    # Pre-flight only: echoes the identity headers the proxy sent.
+    location = /hdrs {
+      default_type text/plain;
+      return 200 "X-Client-Cert: \$http_x_client_cert\nX-Client-DN: \$http_x_client_dn\nX-Client-Verify: \$http_x_client_verify\nX-Forwarded-Client-Cert: \$http_x_forwarded_client_cert\nX-Forwarded-For: \$http_x_forwarded_for\nX-Forwarded-Proto: \$http_x_forwarded_proto\n";
+    }
     location = /1m { default_type application/octet-stream; alias $TMP/upstream/1m.bin; }
   }
 }
@@ -273,6 +343,73 @@ $(nginx_server_block "$PORT_PROBE" "access_log $TMP/nginx/probe.log probe;")
 }
 EOF
 
+# ---------------------------------------------------------------- haproxy mTLS proxy (HTTP mode)
+# What differs from nginx: see the header of this script. The X-Client-Cert expression rebuilds
+# nginx's $ssl_client_escaped_cert (URL-encoded PEM) from the DER: base64, a newline after every
+# 64 characters except at the end, the BEGIN/END lines ("%%" is a literal "%" here).
+HAPROXY_THREADS=""
+[[ $NGINX_WORKERS == auto ]] || HAPROXY_THREADS="nbthread $NGINX_WORKERS"
+if runs haproxy; then
+    mkdir -p "$TMP/haproxy"
+    cat "$CERTS/tls.crt" "$CERTS/tls.key" >"$TMP/haproxy/tls.pem"
+    chmod 600 "$TMP/haproxy/tls.pem"
+    cat >"$TMP/haproxy/haproxy.cfg" <<EOF
+global
+  ${HAPROXY_THREADS:-# nbthread: haproxy's default, one thread per CPU it may use}
+  maxconn 4096
+  pidfile $TMP/haproxy/haproxy.pid
+
+defaults
+  mode http
+  maxconn 4096
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-request 300s
+  timeout http-keep-alive 300s
+
+frontend mtls
+  bind 127.0.0.1:$PORT_HAPROXY ssl crt $TMP/haproxy/tls.pem ca-file $CERTS/ca.crt verify required ssl-min-ver TLSv1.2
+  http-request deny deny_status 403 unless { ssl_c_verify 0 }
+  http-request set-header X-Client-Cert "-----BEGIN%%20CERTIFICATE-----%%0A%[ssl_c_der,base64,regsub('(.{64})(?=.)','\\1\\n','g'),url_enc]%%0A-----END%%20CERTIFICATE-----%%0A"
+  http-request set-header X-Client-DN "%[ssl_c_s_dn(,0,rfc2253)]"
+  http-request set-header X-Client-Verify SUCCESS
+  http-request set-header X-Forwarded-Client-Cert "Hash=%[ssl_c_der,sha1,hex,lower];Subject=\\"%[ssl_c_s_dn(,0,rfc2253)]\\""
+  http-request set-header X-Forwarded-For "%[src]"
+  http-request set-header X-Forwarded-Proto https
+  default_backend app
+
+backend app
+  http-reuse always
+  server app 127.0.0.1:$PORT_UPSTREAM
+EOF
+    haproxy -q -c -f "$TMP/haproxy/haproxy.cfg" || die "haproxy rejected $TMP/haproxy/haproxy.cfg"
+fi
+
+# ---------------------------------------------------------------- stunnel mTLS proxy (TCP only)
+if runs stunnel; then
+    STUNNEL=$(command -v stunnel4 || command -v stunnel)
+    mkdir -p "$TMP/stunnel"
+    cat >"$TMP/stunnel/stunnel.conf" <<EOF
+foreground = yes
+pid = $TMP/stunnel/stunnel.pid
+output = $TMP/stunnel/stunnel.log
+syslog = no
+debug = warning
+
+[mtls]
+accept = 127.0.0.1:$PORT_STUNNEL
+connect = 127.0.0.1:$PORT_UPSTREAM
+cert = $CERTS/tls.crt
+key = $CERTS/tls.key
+CAfile = $CERTS/ca.crt
+verifyChain = yes
+requireCert = yes
+sslVersionMin = TLSv1.2
+EOF
+fi
+
 log "starting upstream nginx on 127.0.0.1:$PORT_UPSTREAM, nginx mTLS on :$PORT_NGINX, sidecar on :$PORT_SIDECAR"
 "${SRV[@]}" nginx -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" -g 'daemon off;' \
     >"$TMP/upstream/stdout.log" 2>&1 &
@@ -287,6 +424,20 @@ NGINX_PID=$!
     --allow-all --admin-listen off >"$TMP/sidecar.log" 2>&1 &
 PIDS+=($!)
 SIDECAR_PID=$!
+declare -A PROXY_PID=([sidecar]=$SIDECAR_PID [nginx]=$NGINX_PID)
+declare -A PROXY_PORT=([sidecar]=$PORT_SIDECAR [nginx]=$PORT_NGINX [haproxy]=$PORT_HAPROXY [stunnel]=$PORT_STUNNEL)
+if runs haproxy; then
+    log "starting haproxy on 127.0.0.1:$PORT_HAPROXY"
+    "${SRV[@]}" haproxy -db -f "$TMP/haproxy/haproxy.cfg" >"$TMP/haproxy/stdout.log" 2>&1 &
+    PIDS+=($!)
+    PROXY_PID[haproxy]=$!
+fi
+if runs stunnel; then
+    log "starting stunnel on 127.0.0.1:$PORT_STUNNEL"
+    "${SRV[@]}" "$STUNNEL" "$TMP/stunnel/stunnel.conf" >"$TMP/stunnel/stdout.log" 2>&1 &
+    PIDS+=($!)
+    PROXY_PID[stunnel]=$!
+fi
 
 CURL=(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$PKI/ca.crt")
 CLIENT=(--cert "$PKI/client.crt" --key "$PKI/client.key")
@@ -297,7 +448,10 @@ wait_200() {
         sleep 0.1
     done
     log "--- $name logs:"
-    tail -n 20 "$TMP/sidecar.log" "$TMP/nginx/error.log" "$TMP/upstream/error.log" >&2 || true
+    local logs=("$TMP/sidecar.log" "$TMP/nginx/error.log" "$TMP/upstream/error.log")
+    runs haproxy && logs+=("$TMP/haproxy/stdout.log")
+    runs stunnel && logs+=("$TMP/stunnel/stunnel.log" "$TMP/stunnel/stdout.log")
+    tail -n 20 "${logs[@]}" >&2 || true
     die "$name did not answer 200 at $url"
 }
 for _ in $(seq 100); do
@@ -308,12 +462,13 @@ done
 wait_200 "https://127.0.0.1:$PORT_NGINX/" nginx
 wait_200 "https://127.0.0.1:$PORT_PROBE/" nginx-probe
 wait_200 "https://127.0.0.1:$PORT_SIDECAR/" sidecar
+for name in "${EXTRA[@]}"; do wait_200 "https://127.0.0.1:${PROXY_PORT[$name]}/" "$name"; done
 
 # ---------------------------------------------------------------- pre-flight checks (not measured)
-# Both proxies must refuse a client without a certificate (the handshake fails, or nginx's 400).
-for p in "$PORT_SIDECAR" "$PORT_NGINX"; do
-    code=$("${CURL[@]}" "https://127.0.0.1:$p/" 2>/dev/null || true)
-    [[ $code != 200 ]] || die "127.0.0.1:$p answered 200 without a client certificate"
+# Every proxy must refuse a client without a certificate (the handshake fails, or nginx's 400).
+for name in "${PROXIES[@]}"; do
+    code=$("${CURL[@]}" "https://127.0.0.1:${PROXY_PORT[$name]}/" 2>/dev/null || true)
+    [[ $code != 200 ]] || die "$name (127.0.0.1:${PROXY_PORT[$name]}) answered 200 without a client certificate"
 done
 tls_params() {
     local out pc kx sig
@@ -325,9 +480,47 @@ tls_params() {
     [[ -n $pc ]] || die "openssl s_client could not complete an mTLS handshake with 127.0.0.1:$1"
     echo "$pc, kx $kx, server sig $sig"
 }
-TLS_SIDECAR=$(tls_params "$PORT_SIDECAR")
-TLS_NGINX=$(tls_params "$PORT_NGINX")
-[[ ${TLS_SIDECAR%% *} == "${TLS_NGINX%% *}" ]] || die "TLS versions differ: sidecar $TLS_SIDECAR, nginx $TLS_NGINX"
+declare -A TLS
+for name in "${PROXIES[@]}"; do
+    TLS[$name]=$(tls_params "${PROXY_PORT[$name]}")
+    [[ ${TLS[$name]%% *} == "${TLS[sidecar]%% *}" ]] ||
+        die "TLS versions differ: sidecar ${TLS[sidecar]}, $name ${TLS[$name]}"
+done
+
+# The identity headers each HTTP proxy sends, as the upstream's /hdrs echoes them
+# (headers-NAME.txt, kept with KEEP_TMP=1). nginx and haproxy must send all six; haproxy's are
+# compared with nginx's, and so are the sidecar's with --protocol http (informational: its XFCC
+# differs by design). The TCP proxies send none.
+HDR_NAMES=(X-Client-Cert X-Client-DN X-Client-Verify X-Forwarded-Client-Cert X-Forwarded-For X-Forwarded-Proto)
+header_diff() { # FILE_A FILE_B -> the names of the headers whose values differ
+    local h out=""
+    for h in "${HDR_NAMES[@]}"; do
+        [[ $(grep "^$h: " "$1" || true) == "$(grep "^$h: " "$2" || true)" ]] || out+="$h "
+    done
+    echo "${out% }"
+}
+declare -A HDR_NOTE
+for name in "${PROXIES[@]}"; do
+    [[ $name == stunnel || ($name == sidecar && $PROTOCOL == tcp) ]] && continue
+    curl -sS --max-time 5 --cacert "$PKI/ca.crt" "${CLIENT[@]}" -o "$TMP/headers-$name.txt" \
+        "https://127.0.0.1:${PROXY_PORT[$name]}/hdrs" || die "$name: GET /hdrs failed"
+    if [[ $name != sidecar ]]; then
+        for h in "${HDR_NAMES[@]}"; do
+            grep -q "^$h: ." "$TMP/headers-$name.txt" || die "$name sent no $h header (see $TMP/headers-$name.txt)"
+        done
+    fi
+done
+for name in "${PROXIES[@]}"; do
+    [[ -f $TMP/headers-$name.txt && $name != nginx ]] || continue
+    diff=$(header_diff "$TMP/headers-nginx.txt" "$TMP/headers-$name.txt")
+    if [[ -z $diff ]]; then
+        HDR_NOTE[$name]="the same 6 identity headers as nginx, byte for byte"
+    else
+        HDR_NOTE[$name]="identity headers that differ from nginx's: $diff"
+        [[ $name == sidecar ]] || log "WARNING: $name's $diff differ from nginx's (see headers-*.txt with KEEP_TMP=1)"
+    fi
+    log "pre-flight: $name sends ${HDR_NOTE[$name]}"
+done
 
 OHA_BASE=(--no-tui --output-format json --cacert "$PKI/ca.crt" --cert "$PKI/client.crt"
     --key "$PKI/client.key" --worker-threads "$OHA_THREADS")

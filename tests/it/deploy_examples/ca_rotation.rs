@@ -484,11 +484,15 @@ fn root_rotation_by_the_runbook_fails_no_request() {
         "6. the server sidecar should refuse a client certificate of the old root: {refused:?}\n{}",
         pair.context()
     );
-    let untrusted = pair.server().metric_sum(
-        "mtls_sidecar_handshake_failures_total",
-        &[("reason", "client_cert_untrusted")],
-    );
-    assert!(untrusted >= 1.0, "{}", pair.server().metrics());
+    // The client sees the alert before the server's task counts the refusal.
+    let server = pair.server();
+    let counted = server.wait_until(WAIT, || {
+        server.metric_sum(
+            "mtls_sidecar_handshake_failures_total",
+            &[("reason", "client_cert_untrusted")],
+        ) >= 1.0
+    });
+    assert!(counted, "{}", server.metrics());
     let admitted = pair.handshake(&new_root.cert_pem, &new_client);
     assert_eq!(
         admitted.as_deref(),
