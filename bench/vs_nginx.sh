@@ -96,7 +96,7 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "run as root (installs packages, starts nginx)"
 [[ $KEY == rsa || $KEY == ec ]] || die "KEY must be rsa or ec"
 [[ $PROTOCOL == http || $PROTOCOL == tcp ]] || die "PROTOCOL must be http or tcp"
-# PROXIES: what is measured, in the order of odd rounds; nginx is the reference and always runs.
+# PEERS: the sidecar's peers; nginx, the reference of every ratio, runs whatever PEERS says.
 for peer in $PEERS; do
     [[ $peer == nginx || $peer == haproxy || $peer == stunnel ]] ||
         die "PEERS: unknown peer '$peer' (nginx haproxy stunnel)"
@@ -355,7 +355,7 @@ if runs haproxy; then
     chmod 600 "$TMP/haproxy/tls.pem"
     cat >"$TMP/haproxy/haproxy.cfg" <<EOF
 global
-  ${HAPROXY_THREADS:-# nbthread: haproxy's default, one thread per CPU it may use}
+  ${HAPROXY_THREADS:-# nbthread unset: one thread per CPU it may use (the default)}
   maxconn 4096
   pidfile $TMP/haproxy/haproxy.pid
 
@@ -392,7 +392,7 @@ if runs stunnel; then
     STUNNEL=$(command -v stunnel4 || command -v stunnel)
     mkdir -p "$TMP/stunnel"
     cat >"$TMP/stunnel/stunnel.conf" <<EOF
-foreground = yes
+foreground = quiet
 pid = $TMP/stunnel/stunnel.pid
 output = $TMP/stunnel/stunnel.log
 syslog = no
@@ -551,7 +551,7 @@ tree_ticks() {
     for pid in "${pids[@]}"; do cat "/proc/$pid/stat" 2>/dev/null || true; done |
         sed 's/.*) //' | awk '{t += $12 + $13} END {print t + 0}'
 }
-proxy_pid() { if [[ $1 == sidecar ]]; then echo "$SIDECAR_PID"; else echo "$NGINX_PID"; fi; }
+proxy_pid() { echo "${PROXY_PID[$1]}"; }
 # user+nice+system ticks of all CPUs (irq/softirq left out: loopback traffic lands there)
 all_ticks() { awk '/^cpu /{print $2 + $3 + $4; exit}' /proc/stat; }
 # run_one NAME PORT MODE SECONDS OUTFILE
@@ -614,13 +614,16 @@ ab_tsv() {
             (if $st.proxy_cpu > 0 then $ok / $st.proxy_cpu else 0 end),
             $st.srv_pct, $st.other_pct ] | @tsv'
 }
-port_of() { if [[ $1 == sidecar ]]; then echo "$PORT_SIDECAR"; else echo "$PORT_NGINX"; fi; }
+port_of() { echo "${PROXY_PORT[$1]}"; }
 
 nginx_workers=$(pgrep -c -P "$NGINX_PID" || true)
-sidecar_threads=$(find "/proc/$SIDECAR_PID/task" -mindepth 1 -maxdepth 1 | wc -l)
+threads_of() { find "/proc/$1/task" -mindepth 1 -maxdepth 1 | wc -l; }
+sidecar_threads=$(threads_of "$SIDECAR_PID")
+haproxy_threads=""
+if runs haproxy; then haproxy_threads=$(threads_of "${PROXY_PID[haproxy]}"); fi
 log "warm-up: ${WARMUP}s per cell"
 for mode in $MODES; do
-    for name in sidecar nginx; do
+    for name in "${PROXIES[@]}"; do
         run_one "$name" "$(port_of "$name")" "$mode" "$WARMUP" "$RES/warmup-$name-$mode.json" >/dev/null
     done
 done
@@ -629,7 +632,11 @@ declare -A VALS EFF SRVP OTHC P99
 OTHER=""
 printf '\n%-5s %-4s %-8s %10s %7s %7s %8s %8s %14s %8s %7s\n' round test proxy "ok/s" non200 errors "p50(ms)" "p99(ms)" "ok/proxy-cpu-s" "server%" "other%"
 for round in $(seq "$ROUNDS"); do
-    if ((round % 2)); then order=(sidecar nginx); else order=(nginx sidecar); fi
+    order=("${PROXIES[@]}")
+    if ! ((round % 2)); then
+        order=()
+        for ((i = ${#PROXIES[@]} - 1; i >= 0; i--)); do order+=("${PROXIES[i]}"); done
+    fi
     for mode in $MODES; do
         for name in "${order[@]}"; do
             line=$(run_one "$name" "$(port_of "$name")" "$mode" "$DURATION" "$RES/r$round-$name-$mode.json")
@@ -659,19 +666,64 @@ if [[ $PIN == 1 ]]; then
 else
     pinning="none: proxy, upstream and oha share all $(nproc) CPUs"
 fi
+others=""
+if ((${#EXTRA[@]})); then
+    printf -v others ', %s' "${EXTRA[@]}"
+    others=" (and ${others#, })"
+fi
 echo
-echo "mtls-sidecar vs nginx, mTLS, HTTP/1.1, same PKI/upstream/machine/run"
+echo "mtls-sidecar vs nginx${others}, mTLS, HTTP/1.1, same PKI/upstream/machine/run"
 echo "  machine:  $(nproc) CPUs ($cpu_model); pinning: $pinning"
 echo "  PKI:      $([[ $KEY == rsa ]] && echo 'RSA 2048' || echo 'ECDSA P-256') (CA, server, client), openssl CLI"
-echo "  TLS:      sidecar: $TLS_SIDECAR"
-echo "            nginx:   $TLS_NGINX"
+first="  TLS:     "
+for name in "${PROXIES[@]}"; do
+    printf '%s %-8s %s\n' "$first" "$name:" "${TLS[$name]}"
+    first="           "
+done
 echo "  sidecar:  $("$SIDECAR" --version) ($sidecar_threads threads), server --protocol $PROTOCOL"
 echo "  nginx:    $(nginx -v 2>&1 | sed 's/nginx version: //') ($nginx_workers workers), $(openssl version | cut -d' ' -f1-2)"
+if runs haproxy; then
+    echo "  haproxy:  $(haproxy -v | head -n1 | awk '{print $3}') ($haproxy_threads threads), mode http, http-reuse always"
+fi
+if runs stunnel; then
+    echo "  stunnel:  $("$STUNNEL" -version 2>&1 | awk '/^stunnel /{print $2; exit}') (one thread per client connection), TCP only, a new upstream connection per client connection"
+fi
+for name in "${PROXIES[@]}"; do
+    [[ -n ${HDR_NOTE[$name]:-} ]] && echo "  headers:  $name: ${HDR_NOTE[$name]}"
+done
+if [[ $PROTOCOL == tcp ]]; then
+    echo "  note:     nginx$(runs haproxy && echo ' and haproxy') proxy HTTP with the identity headers; the sidecar$(runs stunnel && echo ' and stunnel') proxy TCP"
+fi
 printf '  upstream: nginx, 1 worker, return 200 "ok\\n"\n'
 echo "  load:     $("$OHA" --version) (native-tls/OpenSSL, $OHA_THREADS threads) and $(ab -V | head -1 | sed 's/This is //; s/,.*//'), c=$CONC, ${DURATION}s per run, $ROUNDS alternating rounds"
 echo
-printf '%-30s %12s %12s %14s\n' "median of $ROUNDS runs" "sidecar" "nginx" "sidecar/nginx"
 ratio() { awk -v s="$1" -v n="$2" 'BEGIN{printf "%.2f", (n>0)?s/n:0}'; }
+# table_row LABEL FORMAT RATIOS: one line of the table from M (proxy -> median); RATIOS=1 adds
+# each proxy's ratio to nginx. Columns: sidecar, nginx, sidecar/nginx, then per extra peer its
+# value and ratio.
+declare -A M
+table_row() {
+    local label=$1 fmt=$2 with_ratio=$3 line name r=""
+    ((with_ratio)) && r=$(ratio "${M[sidecar]}" "${M[nginx]}")
+    # shellcheck disable=SC2059 # the format is the argument
+    line=$(printf "%-30s $fmt $fmt %14s" "$label" "${M[sidecar]}" "${M[nginx]}" "$r")
+    for name in "${EXTRA[@]}"; do
+        ((with_ratio)) && r=$(ratio "${M[$name]}" "${M[nginx]}")
+        # shellcheck disable=SC2059
+        line+=$(printf " $fmt %14s" "${M[$name]}" "$r")
+    done
+    echo "${line%"${line##*[! ]}"}"
+}
+medians() { # ARRAY_NAME MODE [range]: fill M from VALS/EFF/P99/SRVP
+    local -n arr=$1
+    local name
+    for name in "${PROXIES[@]}"; do
+        if [[ ${3:-} == range ]]; then M[$name]=$(range <<<"${arr[$name-$2]}"); else M[$name]=$(median <<<"${arr[$name-$2]}"); fi
+    done
+}
+header=$(printf '%-30s %12s %12s %14s' "median of $ROUNDS runs" "sidecar" "nginx" "sidecar/nginx")
+for name in "${EXTRA[@]}"; do header+=$(printf ' %12s %14s' "$name" "$name/nginx"); done
+echo "$header"
 for mode in $MODES; do
     case $mode in
     hs) label="full mTLS handshakes/s" ;;
@@ -679,23 +731,26 @@ for mode in $MODES; do
     ab) label="keep-alive req/s (ab -k, 1.0)" ;;
     dl) label="1 MiB downloads/s (oha)" ;;
     esac
-    s=$(median <<<"${VALS[sidecar-$mode]}")
-    n=$(median <<<"${VALS[nginx-$mode]}")
-    printf '%-30s %12.0f %12.0f %14s\n' "$label" "$s" "$n" "$(ratio "$s" "$n")"
-    printf '%-30s %12s %12s\n' "  (min-max)" "$(range <<<"${VALS[sidecar-$mode]}")" "$(range <<<"${VALS[nginx-$mode]}")"
-    s=$(median <<<"${EFF[sidecar-$mode]}")
-    n=$(median <<<"${EFF[nginx-$mode]}")
-    printf '%-30s %12.0f %12.0f %14s\n' "  per proxy CPU-second" "$s" "$n" "$(ratio "$s" "$n")"
-    cpu_ratio=$(ratio "$n" "$s") # the sidecar's CPU per unit over nginx's
-    s=$(median <<<"${P99[sidecar-$mode]}")
-    n=$(median <<<"${P99[nginx-$mode]}")
-    printf '%-30s %12.2f %12.2f %14s\n' "  p99 latency (ms)" "$s" "$n" "$(ratio "$s" "$n")"
-    printf '%s\t%s\t%s\n' "${label%/s*}${label#*/s}" "$cpu_ratio" "$(ratio "$s" "$n")" >>"$RES/summary.tsv"
-    s=$(median <<<"${SRVP[sidecar-$mode]}")
-    n=$(median <<<"${SRVP[nginx-$mode]}")
-    printf '%-30s %12.0f %12.0f\n' "  server CPU busy %" "$s" "$n"
+    medians VALS "$mode"
+    table_row "$label" '%12.0f' 1
+    medians VALS "$mode" range
+    table_row "  (min-max)" '%12s' 0
+    medians EFF "$mode"
+    table_row "  per proxy CPU-second" '%12.0f' 1
+    declare -A CPU_RATIO=()
+    for name in sidecar "${EXTRA[@]}"; do
+        CPU_RATIO[$name]=$(ratio "${M[nginx]}" "${M[$name]}") # its CPU per unit over nginx's
+    done
+    medians P99 "$mode"
+    table_row "  p99 latency (ms)" '%12.2f' 1
+    for name in sidecar "${EXTRA[@]}"; do
+        printf '%s\t%s\t%s\t%s\n' "${label%/s*}${label#*/s}" "$name" "${CPU_RATIO[$name]}" \
+            "$(ratio "${M[$name]}" "${M[nginx]}")" >>"$RES/summary.tsv"
+    done
+    medians SRVP "$mode"
+    table_row "  server CPU busy %" '%12.0f' 0
     if [[ $PIN == 1 ]]; then
-        for who in sidecar nginx; do
+        for who in "${PROXIES[@]}"; do
             v=$(median <<<"${SRVP[$who-$mode]}")
             o=$(median <<<"${OTHC[$who-$mode]}")
             if awk -v v="$v" -v o="$o" 'BEGIN{exit !(v < 90 && o <= 2)}'; then
@@ -714,7 +769,7 @@ echo "  sidecar binary: $SIDECAR"
 if [[ $CHART != none ]]; then
     mkdir -p "$(dirname "$CHART")"
     python3 "$HERE/vs_nginx_plot.py" "$RES/summary.tsv" "$CHART" \
-        "sidecar vs nginx, $([[ $KEY == rsa ]] && echo 'RSA 2048' || echo 'ECDSA P-256'), --protocol $PROTOCOL, c=$CONC, $(date +%F)"
+        "sidecar${others:+$(printf ', %s' "${EXTRA[@]}")} vs nginx, $([[ $KEY == rsa ]] && echo 'RSA 2048' || echo 'ECDSA P-256'), --protocol $PROTOCOL, c=$CONC, $(date +%F)"
     echo "  chart: $CHART"
 fi
-echo "command: MODES=\"$MODES\" PROTOCOL=$PROTOCOL ${NGINX_KEEPALIVE_REQUESTS:+NGINX_KEEPALIVE_REQUESTS=$NGINX_KEEPALIVE_REQUESTS }${NGINX_WORKERS_SET:+NGINX_WORKERS=$NGINX_WORKERS }PIN=$PIN KEY=$KEY CONC=$CONC DURATION=$DURATION ROUNDS=$ROUNDS bash bench/vs_nginx.sh"
+echo "command: MODES=\"$MODES\" PROTOCOL=$PROTOCOL ${PEERS_SET:+PEERS=\"$PEERS\" }${NGINX_KEEPALIVE_REQUESTS:+NGINX_KEEPALIVE_REQUESTS=$NGINX_KEEPALIVE_REQUESTS }${NGINX_WORKERS_SET:+NGINX_WORKERS=$NGINX_WORKERS }PIN=$PIN KEY=$KEY CONC=$CONC DURATION=$DURATION ROUNDS=$ROUNDS bash bench/vs_nginx.sh"
