@@ -26,7 +26,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
@@ -305,8 +305,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Prepares an upstream response for the client: with both Transfer-Encoding and
-/// Content-Length the body was decoded as chunked, so a stale length would truncate it.
+/// Content-Length the body was decoded as chunked, so a stale length would truncate it. The
+/// upstream's HTTP version is that hop's: an app that answers HTTP/1.0 must not turn the
+/// client's HTTP/1.1 keep-alive connection into one request per connection (one full mTLS
+/// handshake each). hyper answers in the client's version (HTTP/1.0 clients get 1.0 framing;
+/// HTTP/2 ignores the field).
 pub fn relay_response(mut resp: Response<Incoming>) -> Response<Body> {
+    *resp.version_mut() = Version::HTTP_11;
     if resp.headers().contains_key(header::TRANSFER_ENCODING) {
         resp.headers_mut().remove(header::CONTENT_LENGTH);
     }

@@ -2,6 +2,9 @@
 //! about), who the allow-lists admit, what the client gets when the upstream fails, and
 //! the connection-level behaviour (keep-alive, HTTP/2 via ALPN).
 
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::*;
@@ -510,4 +513,97 @@ fn stuck_http2_request_gets_504_while_other_streams_keep_the_connection_busy() {
     for t in res.transfers.iter().filter(|t| t.http_code == 200) {
         assert!(Echoed::parse(t.body.as_bytes()).path.starts_with("/busy"));
     }
+}
+
+/// A legacy app that speaks HTTP/1.0: answers each request with an HTTP/1.0 response, with a
+/// Content-Length on `/len` and delimited by closing the connection otherwise, then closes.
+/// Stopped on Drop.
+struct Http10App {
+    addr: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Http10App {
+    fn start() -> Http10App {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the app");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("app address").to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let reply: &[u8] = if head.starts_with(b"GET /len ") {
+                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
+                } else {
+                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close\n"
+                };
+                let _ = conn.write_all(reply);
+            }
+        });
+        Http10App {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Http10App {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn an_http_1_0_app_does_not_end_the_clients_keep_alive_connection() {
+    // Legacy apps often answer HTTP/1.0 (Python's http.server does): the client's HTTP/1.1
+    // connection must stay open, not cost a full mTLS handshake per request.
+    let (env, _) = env_with_server();
+    let app = Http10App::start();
+    let sc = start_ready(&env, "http", &app.addr, &["--allow-all"]);
+    let total = server_series("mtls_sidecar_connections_total");
+    let before = sc.counter(&total);
+    let mut conn = client_for(&env, &env.pki.client())
+        .connect(sc.listen_addr())
+        .expect("handshake");
+    for (i, path) in ["/len", "/eof", "/len", "/eof"].iter().enumerate() {
+        let resp = conn
+            .get(path)
+            .unwrap_or_else(|e| panic!("request {i} ({path}) on the kept-alive connection: {e}"));
+        assert_eq!(resp.status, 200, "{path}: {}", resp.body_text());
+        assert_eq!(
+            resp.version, "HTTP/1.1",
+            "{path}: answered in the app's version"
+        );
+        assert!(
+            !resp.closes(),
+            "{path}: `Connection: close` sent to the client"
+        );
+        let body = if *path == "/len" {
+            "ok\n"
+        } else {
+            "until close\n"
+        };
+        assert_eq!(resp.body_text(), body, "{path}");
+    }
+    assert_eq!(
+        sc.counter(&total) - before,
+        1.0,
+        "four requests, one client connection"
+    );
 }

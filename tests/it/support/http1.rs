@@ -12,6 +12,8 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// An HTTP/1.1 response.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// From the status line, e.g. `HTTP/1.1`.
+    pub version: String,
     pub status: u16,
     /// Lowercased names, in order.
     pub headers: Vec<(String, String)>,
@@ -85,6 +87,11 @@ pub fn read_response(r: &mut impl BufRead) -> Result<Response, String> {
             continue;
         }
         let mut response = Response {
+            version: status_line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
             status,
             headers,
             body: Vec::new(),
