@@ -63,6 +63,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+# shellcheck source=SCRIPTDIR/lib/peers.sh
+. "$HERE/lib/peers.sh"
 STEPS="${STEPS:-0 100 500 1000 2000}"
 PEERS="${PEERS:-sidecar nginx haproxy}"
 
@@ -123,13 +125,8 @@ fi
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
-  local rc=$? pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  local rc=$?
+  stop_pids "${PIDS[@]}"
   if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
   exit "$rc"
 }
@@ -285,7 +282,7 @@ ready_sidecar() { curl -fsS "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1; }
 
 start_nginx() {
   mkdir -p nginx
-  # The identity headers: as in bench/vs_nginx.sh.
+  # The server block and its identity headers: bench/vs_nginx.sh's, from bench/lib/peers.sh.
   cat >nginx/nginx.conf <<EOF
 worker_processes 1;
 worker_rlimit_nofile $FDS;
@@ -294,38 +291,10 @@ error_log $TMP/nginx/error.log warn;
 events { worker_connections $FDS; }
 http {
   access_log off;
-  client_body_temp_path $TMP/nginx/client_body;
-  proxy_temp_path $TMP/nginx/proxy;
-  fastcgi_temp_path $TMP/nginx/fastcgi;
-  uwsgi_temp_path $TMP/nginx/uwsgi;
-  scgi_temp_path $TMP/nginx/scgi;
+$(nginx_temp_paths "$TMP/nginx")
   keepalive_timeout 300s;
-  upstream backend {
-    server 127.0.0.1:$APP;
-    keepalive 64;
-  }
-  server {
-    listen 127.0.0.1:$1 ssl;
-    server_name localhost;
-    ssl_certificate $PKI/server.crt;
-    ssl_certificate_key $PKI/server.key;
-    ssl_client_certificate $PKI/ca.crt;
-    ssl_verify_client on;
-    ssl_verify_depth 2;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    if (\$ssl_client_verify != SUCCESS) { return 403; }
-    location / {
-      proxy_set_header X-Client-Cert \$ssl_client_escaped_cert;
-      proxy_set_header X-Client-DN \$ssl_client_s_dn;
-      proxy_set_header X-Client-Verify \$ssl_client_verify;
-      proxy_set_header X-Forwarded-Client-Cert "Hash=\$ssl_client_fingerprint;Subject=\\"\$ssl_client_s_dn\\"";
-      proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://backend;
-    }
-  }
+$(nginx_upstream_backend "$APP")
+$(nginx_mtls_server_block "$1" "$PKI/server.crt" "$PKI/server.key" "$PKI/ca.crt")
 }
 EOF
   local nginx_cmd=(nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log")
@@ -336,41 +305,9 @@ EOF
 }
 
 start_haproxy() {
-  mkdir -p haproxy
-  cat "$PKI/server.crt" "$PKI/server.key" >haproxy/tls.pem
-  chmod 600 haproxy/tls.pem
-  # The identity headers: as in bench/vs_nginx.sh ("%%" is a literal "%").
-  cat >haproxy/haproxy.cfg <<EOF
-global
-  nbthread 1
-  maxconn $((MAX + 512))
-  pidfile $TMP/haproxy/haproxy.pid
-
-defaults
-  mode http
-  maxconn $((MAX + 512))
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  timeout http-request 300s
-  timeout http-keep-alive 300s
-
-frontend mtls
-  bind 127.0.0.1:$1 ssl crt $TMP/haproxy/tls.pem ca-file $PKI/ca.crt verify required ssl-min-ver TLSv1.2
-  http-request deny deny_status 403 unless { ssl_c_verify 0 }
-  http-request set-header X-Client-Cert "-----BEGIN%%20CERTIFICATE-----%%0A%[ssl_c_der,base64,regsub('(.{64})(?=.)','\\1\\n','g'),url_enc]%%0A-----END%%20CERTIFICATE-----%%0A"
-  http-request set-header X-Client-DN "%[ssl_c_s_dn(,0,rfc2253)]"
-  http-request set-header X-Client-Verify SUCCESS
-  http-request set-header X-Forwarded-Client-Cert "Hash=%[ssl_c_der,sha1,hex,lower];Subject=\\"%[ssl_c_s_dn(,0,rfc2253)]\\""
-  http-request set-header X-Forwarded-For "%[src]"
-  http-request set-header X-Forwarded-Proto https
-  default_backend app
-
-backend app
-  http-reuse always
-  server app 127.0.0.1:$APP
-EOF
+  # The config and its identity headers: bench/vs_nginx.sh's, from bench/lib/peers.sh.
+  write_haproxy_mtls "$TMP/haproxy" "nbthread 1" "$((MAX + 512))" "$1" \
+    "$PKI/server.crt" "$PKI/server.key" "$PKI/ca.crt" "$APP"
   haproxy -q -c -f haproxy/haproxy.cfg || die "haproxy rejected $TMP/haproxy/haproxy.cfg"
   haproxy -db -f haproxy/haproxy.cfg >haproxy/stdout.log 2>&1 &
   PID=$!
@@ -378,24 +315,7 @@ EOF
 }
 
 start_stunnel() {
-  mkdir -p stunnel
-  cat >stunnel/stunnel.conf <<EOF
-foreground = quiet
-pid = $TMP/stunnel/stunnel.pid
-output = $TMP/stunnel/stunnel.log
-syslog = no
-debug = warning
-
-[mtls]
-accept = 127.0.0.1:$1
-connect = 127.0.0.1:$APP
-cert = $PKI/server.crt
-key = $PKI/server.key
-CAfile = $PKI/ca.crt
-verifyChain = yes
-requireCert = yes
-sslVersionMin = TLSv1.2
-EOF
+  write_stunnel_mtls "$TMP/stunnel" "$1" "$APP" "$PKI/server.crt" "$PKI/server.key" "$PKI/ca.crt"
   "$(command -v stunnel4 || command -v stunnel)" stunnel/stunnel.conf >stunnel/stdout.log 2>&1 &
   PID=$!
   LOG=stunnel/stunnel.log

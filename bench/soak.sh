@@ -57,6 +57,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+# shellcheck source=SCRIPTDIR/lib/peers.sh
+. "$HERE/lib/peers.sh"
 
 log() { printf '[soak %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -101,16 +103,7 @@ CSV=${OUT:-$HERE/results/soak-$STAMP.csv}
 SVG=${CSV%.csv}.svg
 mkdir -p "$(dirname "$CSV")"
 
-in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-TAKEN=" "
-pick_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 20000))
-        if [[ $TAKEN != *" $p "* ]] && ! in_use "$p"; then TAKEN+="$p "; echo "$p"; return; fi
-    done
-    die "no free port found"
-}
+# pick_port: bench/lib/peers.sh.
 PORT=$(pick_port)
 APORT=$(pick_port)
 UPORT=$(pick_port)
@@ -121,12 +114,7 @@ PIDS=()
 KEEP=${KEEP_TMP:-0}
 cleanup() {
     local rc=$?
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${PIDS[@]}"
     if [[ $KEEP == 1 || $rc != 0 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     exit "$rc"
 }

@@ -86,6 +86,8 @@ OHA_VERSION=1.16.0
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+# shellcheck source=SCRIPTDIR/lib/peers.sh
+. "$HERE/lib/peers.sh"
 TOOLS="$HERE/.tools"
 CHART=${CHART:-$HERE/results/vs_nginx-$KEY-$PROTOCOL.svg}
 OHA="$TOOLS/bin/oha"
@@ -153,16 +155,7 @@ else
 fi
 [[ -x $SIDECAR ]] || die "no sidecar binary at $SIDECAR"
 
-in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-TAKEN=" "
-pick_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 20000))
-        if [[ $TAKEN != *" $p "* ]] && ! in_use "$p"; then TAKEN+="$p "; echo "$p"; return; fi
-    done
-    die "no free port found"
-}
+# in_use, pick_port and TAKEN: bench/lib/peers.sh.
 for v in PORT_SIDECAR PORT_NGINX PORT_HAPROXY PORT_STUNNEL PORT_PROBE PORT_UPSTREAM; do
     if [[ -n ${!v:-} ]]; then
         in_use "${!v}" && die "$v=${!v}: 127.0.0.1:${!v} is already in use"
@@ -179,12 +172,7 @@ chmod 755 "$TMP"
 PIDS=()
 cleanup() {
     local rc=$?
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${PIDS[@]}"
     if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     exit "$rc"
 }
@@ -253,11 +241,6 @@ chmod 600 "$CERTS/tls.key"
 # ---------------------------------------------------------------- upstream: nginx, plaintext
 mkdir -p "$TMP/upstream" "$TMP/nginx"
 head -c 1048576 /dev/zero >"$TMP/upstream/1m.bin"
-temp_paths() {
-    local d=$1
-    printf '  client_body_temp_path %s/client_body;\n  proxy_temp_path %s/proxy;\n' "$d" "$d"
-    printf '  fastcgi_temp_path %s/fastcgi;\n  uwsgi_temp_path %s/uwsgi;\n  scgi_temp_path %s/scgi;\n' "$d" "$d" "$d"
-}
 cat >"$TMP/upstream/nginx.conf" <<EOF
 worker_processes 1;
 pid $TMP/upstream/nginx.pid;
@@ -265,7 +248,7 @@ error_log $TMP/upstream/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-$(temp_paths "$TMP/upstream")
+$(nginx_temp_paths "$TMP/upstream")
   keepalive_requests 1000000;
   keepalive_timeout 300s;
   server {
@@ -296,34 +279,10 @@ EOF
 # them is part of the work measured (X-Client-Cert alone costs nginx about a third more CPU per
 # request than the subject only). A second server block on
 # PORT_PROBE is identical but logs, and is used only by the pre-flight checks, never measured.
+# The server block itself: nginx_mtls_server_block in bench/lib/peers.sh (also bench/memory.sh's).
 nginx_server_block() {
-    local port=$1 extra=$2
-    cat <<EOF
-  server {
-    listen 127.0.0.1:$port ssl;
-    server_name localhost;
-    $extra
-    ssl_certificate $CERTS/tls.crt;
-    ssl_certificate_key $CERTS/tls.key;
-    ssl_client_certificate $CERTS/ca.crt;
-    ssl_verify_client on;
-    ssl_verify_depth 2;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ${NGINX_KEEPALIVE_REQUESTS:+keepalive_requests $NGINX_KEEPALIVE_REQUESTS;}
-    if (\$ssl_client_verify != SUCCESS) { return 403; }
-    location / {
-      proxy_set_header X-Client-Cert \$ssl_client_escaped_cert;
-      proxy_set_header X-Client-DN \$ssl_client_s_dn;
-      proxy_set_header X-Client-Verify \$ssl_client_verify;
-      proxy_set_header X-Forwarded-Client-Cert "Hash=\$ssl_client_fingerprint;Subject=\\"\$ssl_client_s_dn\\"";
-      proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://backend;
-    }
-  }
-EOF
+    nginx_mtls_server_block "$1" "$CERTS/tls.crt" "$CERTS/tls.key" "$CERTS/ca.crt" "$2" \
+        "${NGINX_KEEPALIVE_REQUESTS:+keepalive_requests $NGINX_KEEPALIVE_REQUESTS;}"
 }
 cat >"$TMP/nginx/nginx.conf" <<EOF
 worker_processes $NGINX_WORKERS;
@@ -332,82 +291,30 @@ error_log $TMP/nginx/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-$(temp_paths "$TMP/nginx")
+$(nginx_temp_paths "$TMP/nginx")
   log_format probe '\$connection \$connection_requests \$ssl_session_reused \$ssl_protocol \$ssl_cipher \$status';
-  upstream backend {
-    server 127.0.0.1:$PORT_UPSTREAM;
-    keepalive 64;
-  }
+$(nginx_upstream_backend "$PORT_UPSTREAM")
 $(nginx_server_block "$PORT_NGINX" "")
 $(nginx_server_block "$PORT_PROBE" "access_log $TMP/nginx/probe.log probe;")
 }
 EOF
 
 # ---------------------------------------------------------------- haproxy mTLS proxy (HTTP mode)
-# What differs from nginx: see the header of this script. The X-Client-Cert expression rebuilds
-# nginx's $ssl_client_escaped_cert (URL-encoded PEM) from the DER: base64, a newline after every
-# 64 characters except at the end, the BEGIN/END lines ("%%" is a literal "%" here).
+# What differs from nginx: see the header of this script; the config: write_haproxy_mtls in
+# bench/lib/peers.sh (also bench/memory.sh's).
 HAPROXY_THREADS=""
 [[ $NGINX_WORKERS == auto ]] || HAPROXY_THREADS="nbthread $NGINX_WORKERS"
 if runs haproxy; then
-    mkdir -p "$TMP/haproxy"
-    cat "$CERTS/tls.crt" "$CERTS/tls.key" >"$TMP/haproxy/tls.pem"
-    chmod 600 "$TMP/haproxy/tls.pem"
-    cat >"$TMP/haproxy/haproxy.cfg" <<EOF
-global
-  ${HAPROXY_THREADS:-# nbthread unset: one thread per CPU it may use (the default)}
-  maxconn 4096
-  pidfile $TMP/haproxy/haproxy.pid
-
-defaults
-  mode http
-  maxconn 4096
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  timeout http-request 300s
-  timeout http-keep-alive 300s
-
-frontend mtls
-  bind 127.0.0.1:$PORT_HAPROXY ssl crt $TMP/haproxy/tls.pem ca-file $CERTS/ca.crt verify required ssl-min-ver TLSv1.2
-  http-request deny deny_status 403 unless { ssl_c_verify 0 }
-  http-request set-header X-Client-Cert "-----BEGIN%%20CERTIFICATE-----%%0A%[ssl_c_der,base64,regsub('(.{64})(?=.)','\\1\\n','g'),url_enc]%%0A-----END%%20CERTIFICATE-----%%0A"
-  http-request set-header X-Client-DN "%[ssl_c_s_dn(,0,rfc2253)]"
-  http-request set-header X-Client-Verify SUCCESS
-  http-request set-header X-Forwarded-Client-Cert "Hash=%[ssl_c_der,sha1,hex,lower];Subject=\\"%[ssl_c_s_dn(,0,rfc2253)]\\""
-  http-request set-header X-Forwarded-For "%[src]"
-  http-request set-header X-Forwarded-Proto https
-  default_backend app
-
-backend app
-  http-reuse always
-  server app 127.0.0.1:$PORT_UPSTREAM
-EOF
+    write_haproxy_mtls "$TMP/haproxy" "${HAPROXY_THREADS:-# nbthread unset: one thread per CPU it may use (the default)}" \
+        4096 "$PORT_HAPROXY" "$CERTS/tls.crt" "$CERTS/tls.key" "$CERTS/ca.crt" "$PORT_UPSTREAM"
     haproxy -q -c -f "$TMP/haproxy/haproxy.cfg" || die "haproxy rejected $TMP/haproxy/haproxy.cfg"
 fi
 
 # ---------------------------------------------------------------- stunnel mTLS proxy (TCP only)
 if runs stunnel; then
     STUNNEL=$(command -v stunnel4 || command -v stunnel)
-    mkdir -p "$TMP/stunnel"
-    cat >"$TMP/stunnel/stunnel.conf" <<EOF
-foreground = quiet
-pid = $TMP/stunnel/stunnel.pid
-output = $TMP/stunnel/stunnel.log
-syslog = no
-debug = warning
-
-[mtls]
-accept = 127.0.0.1:$PORT_STUNNEL
-connect = 127.0.0.1:$PORT_UPSTREAM
-cert = $CERTS/tls.crt
-key = $CERTS/tls.key
-CAfile = $CERTS/ca.crt
-verifyChain = yes
-requireCert = yes
-sslVersionMin = TLSv1.2
-EOF
+    write_stunnel_mtls "$TMP/stunnel" "$PORT_STUNNEL" "$PORT_UPSTREAM" \
+        "$CERTS/tls.crt" "$CERTS/tls.key" "$CERTS/ca.crt"
 fi
 
 log "starting upstream nginx on 127.0.0.1:$PORT_UPSTREAM, nginx mTLS on :$PORT_NGINX, sidecar on :$PORT_SIDECAR"
