@@ -104,9 +104,10 @@ SVG=${CSV%.csv}.svg
 mkdir -p "$(dirname "$CSV")"
 
 # pick_port: bench/lib/peers.sh.
-PORT=$(pick_port)
-APORT=$(pick_port)
-UPORT=$(pick_port)
+PORT='' APORT='' UPORT=''
+pick_port PORT
+pick_port APORT
+pick_port UPORT
 
 # ---------------------------------------------------------------- processes + cleanup
 TMP=$(mktemp -d /tmp/mtls-soak.XXXXXX)

@@ -163,7 +163,7 @@ for v in PORT_SIDECAR PORT_NGINX PORT_HAPROXY PORT_STUNNEL PORT_PROBE PORT_UPSTR
     fi
 done
 for v in PORT_SIDECAR PORT_NGINX PORT_HAPROXY PORT_STUNNEL PORT_PROBE PORT_UPSTREAM; do
-    [[ -n ${!v:-} ]] || printf -v "$v" '%s' "$(pick_port)"
+    [[ -n ${!v:-} ]] || pick_port "$v"
 done
 
 # ---------------------------------------------------------------- processes + cleanup

@@ -24,13 +24,18 @@ stop_pids() {
 
 # in_use PORT: something listens on 127.0.0.1:PORT.
 in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# pick_port: a free port in 20000-39999, none of those in TAKEN (" 1 2 3 ", the ports given).
+# pick_port VAR: sets VAR to a free port in 20000-39999, none of those in TAKEN (" 1 2 3 ", the
+# ports given or picked so far; not called in $(...), so that TAKEN keeps what it picks).
 TAKEN=" "
 pick_port() {
     local p
     for _ in $(seq 200); do
         p=$((20000 + RANDOM % 20000))
-        if [[ $TAKEN != *" $p "* ]] && ! in_use "$p"; then TAKEN+="$p "; echo "$p"; return; fi
+        if [[ $TAKEN != *" $p "* ]] && ! in_use "$p"; then
+            TAKEN+="$p "
+            printf -v "$1" '%s' "$p"
+            return
+        fi
     done
     die "no free port found"
 }
