@@ -12,7 +12,6 @@ use crate::support::bin_command;
 use crate::support::cli_clients::run_bounded;
 use crate::support::failures::Failures;
 use crate::support::sidecar::wait_until;
-use crate::support::upstream::HttpUpstream;
 
 const DRAINING: &str = "not ready: draining\n";
 
@@ -45,6 +44,15 @@ impl Load {
     }
 }
 
+/// A client presenting `pki.client()` that does not wait after a handshake (the drain tests
+/// open many connections).
+fn one_shot_client(env: &Env) -> TlsClient {
+    TlsClient::builder(&env.pki.root.cert_pem)
+        .leaf(&env.pki.client())
+        .settle(Duration::ZERO)
+        .build()
+}
+
 /// Stops the load when dropped: a failed assertion must not leave the scope's threads running
 /// (the scope would wait for them forever).
 struct StopOnDrop<'a>(&'a Load);
@@ -57,20 +65,10 @@ impl Drop for StopOnDrop<'_> {
 
 #[test]
 fn drain_turns_readiness_off_keeps_serving_and_answers_after_the_delay() {
-    let (env, _) = env_with_server();
-    let upstream = HttpUpstream::start();
+    let (env, _upstream, mut sc) = proxy(&["--allow-all", "--drain-delay", "2s"]);
     let delay = Duration::from_secs(2);
-    let mut sc = start_ready(
-        &env,
-        "http",
-        &upstream.addr(),
-        &["--allow-all", "--drain-delay", "2s"],
-    );
     let addr = sc.listen_addr().to_string();
-    let client = TlsClient::builder(&env.pki.root.cert_pem)
-        .leaf(&env.pki.client())
-        .settle(Duration::ZERO)
-        .build();
+    let client = one_shot_client(&env);
     let load = Load::default();
     let drained = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -138,19 +136,9 @@ fn drain_turns_readiness_off_keeps_serving_and_answers_after_the_delay() {
 /// start of the drain and a request during it got a connection that closed after it.
 #[test]
 fn drain_leaves_no_connection_to_the_app_open_when_it_answers() {
-    let (env, _) = env_with_server();
-    let upstream = HttpUpstream::start();
-    let mut sc = start_ready(
-        &env,
-        "http",
-        &upstream.addr(),
-        &["--allow-all", "--drain-delay", "3s"],
-    );
+    let (env, upstream, mut sc) = proxy(&["--allow-all", "--drain-delay", "3s"]);
     let addr = sc.listen_addr().to_string();
-    let client = TlsClient::builder(&env.pki.root.cert_pem)
-        .leaf(&env.pki.client())
-        .settle(Duration::ZERO)
-        .build();
+    let client = one_shot_client(&env);
     let ok = |client: &TlsClient| {
         let r = client.get(&addr, "/").expect("request through the sidecar");
         assert_eq!(r.status, 200, "{}", r.body_text());
@@ -194,14 +182,7 @@ fn drain_leaves_no_connection_to_the_app_open_when_it_answers() {
 
 #[test]
 fn post_drain_works_too_and_other_methods_are_refused() {
-    let (env, _) = env_with_server();
-    let upstream = HttpUpstream::start();
-    let sc = start_ready(
-        &env,
-        "http",
-        &upstream.addr(),
-        &["--allow-all", "--drain-delay", "0"],
-    );
+    let (_env, _upstream, sc) = proxy(&["--allow-all", "--drain-delay", "0"]);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(WAIT))
@@ -220,14 +201,7 @@ fn post_drain_works_too_and_other_methods_are_refused() {
 
 #[test]
 fn drain_command_waits_for_the_delay_and_exits_0() {
-    let (env, _) = env_with_server();
-    let upstream = HttpUpstream::start();
-    let sc = start_ready(
-        &env,
-        "http",
-        &upstream.addr(),
-        &["--allow-all", "--drain-delay", "1s"],
-    );
+    let (_env, _upstream, sc) = proxy(&["--allow-all", "--drain-delay", "1s"]);
     let mut cmd = bin_command();
     cmd.args(["drain", "--admin", sc.admin_addr(), "--timeout", "20s"]);
     let started = Instant::now();

@@ -18,14 +18,6 @@ use crate::support::upstream::{Echoed, HttpUpstream};
 
 const SPIFFE_WEB: &str = "spiffe://cluster.local/ns/production/sa/web-app";
 
-/// Start `server --protocol http` with `extra` flags in front of a fresh upstream.
-fn proxy(extra: &[&str]) -> (Env, HttpUpstream, Sidecar) {
-    let (env, _) = env_with_server();
-    let upstream = HttpUpstream::start();
-    let sc = start_ready(&env, "http", &upstream.addr(), extra);
-    (env, upstream, sc)
-}
-
 /// The status a client with a leaf made from `spec` (signed by the root) gets for `GET /`.
 fn status_for(env: &Env, sc: &Sidecar, spec: &LeafSpec) -> u16 {
     let leaf = env.pki.issue(spec);

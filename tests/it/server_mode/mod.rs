@@ -28,6 +28,7 @@ use crate::support::fixture::Env;
 use crate::support::pki::{Leaf, TestPki};
 use crate::support::sidecar::Sidecar;
 use crate::support::tls_client::TlsClient;
+use crate::support::upstream::HttpUpstream;
 
 /// Upper bound for anything the sidecar should do "soon".
 const WAIT: Duration = Duration::from_secs(10);
@@ -80,6 +81,14 @@ fn wait_ready(sc: &Sidecar) {
         sc.get("/readyz").1,
         sc.log()
     );
+}
+
+/// Start `server --protocol http` with `extra` flags in front of a fresh upstream; ready.
+fn proxy(extra: &[&str]) -> (Env, HttpUpstream, Sidecar) {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let sc = start_ready(&env, "http", &upstream.addr(), extra);
+    (env, upstream, sc)
 }
 
 /// An env whose volume holds `pki.server()` and the root CA.
