@@ -140,15 +140,21 @@ fn one_log_line_per_reload_names_old_and_new_serial() {
     assert!(sc.wait_until(WAIT, || sc.generation() == 1));
     let second = env.pki.server();
     env.publish(&second);
-    assert!(sc.wait_until(WAIT, || sc.generation() == 2));
-    let line = sc
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| {
-            v["fields"]["message"] == "credentials published" && v["fields"]["generation"] == 2
-        })
-        .unwrap_or_else(|| panic!("no publish line for generation 2:\n{}", sc.log()));
+    // The new generation is served (and shown in /status) a moment before its log line is written.
+    let publish_line = || {
+        sc.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["fields"]["message"] == "credentials published" && v["fields"]["generation"] == 2
+            })
+    };
+    assert!(
+        sc.wait_until(WAIT, || publish_line().is_some()),
+        "no publish line for generation 2:\n{}",
+        sc.log()
+    );
+    let line = publish_line().expect("the publish line just seen");
     let f = &line["fields"];
     assert_eq!(f["set"], "default");
     assert_eq!(f["old_serial"], first.serial_hex.as_str());
