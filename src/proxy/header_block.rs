@@ -1,15 +1,23 @@
-//! The HTTP/2 header-read deadline. hyper hands a request to us only once its header block is
-//! complete, and a client can keep a block open forever by trickling CONTINUATION frames:
-//! every frame is traffic, so an idle timer never fires. [`Watched`] reads the frame headers
-//! of what the client sends (9 bytes each; payloads are skipped, never copied) and notes when a
-//! header block opened and whether it is still open; [`Deadline::expired`] resolves once one
-//! has been open longer than the deadline, and the connection is then dropped. A stream that
-//! does not start with the HTTP/2 preface is HTTP/1, where hyper's header-read timeout does
-//! this job; the watch then switches itself off.
+//! The request-head deadline: a client must send a request's head (HTTP/1 request line and
+//! headers, or an HTTP/2 header block) within the deadline once it has started, however it
+//! trickles the bytes; a connection that holds a head open longer is dropped. An idle
+//! connection, with no head started, is not timed here (that is `--idle-timeout`'s job).
+//!
+//! hyper hands a request to us only once its head is complete. For HTTP/2 a client can keep a
+//! header block open forever by trickling CONTINUATION frames: every frame is traffic, so an
+//! idle timer never fires. [`Watched`] reads the frame headers of what the client sends (9 bytes
+//! each; payloads are skipped, never copied) and notes when a header block opened and whether
+//! it is still open (the preface itself is timed like a head). A stream that does not start
+//! with the HTTP/2 preface is HTTP/1: a head is open from the first byte read while no request
+//! is in progress until hyper hands the request over ([`Deadline::request_started`]); bytes
+//! read while a request is in progress are its body.
+//! (hyper's own HTTP/1 header-read timeout also runs while a kept-alive connection waits for its
+//! next request, so it would close idle connections long before `--idle-timeout`.)
+//! [`Deadline::expired`] resolves once a head has been open longer than the deadline.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,15 +31,23 @@ const PUSH_PROMISE: u8 = 0x5;
 const CONTINUATION: u8 = 0x9;
 const END_HEADERS: u8 = 0x4;
 
-/// `OPEN_SINCE` values: not HTTP/2 (the watch is off), or no header block open.
-const OFF: u64 = u64::MAX;
-const CLOSED: u64 = u64::MAX - 1;
+/// `open_since` values: no head open; or (HTTP/1 only) a request in progress, whose bytes are
+/// its body.
+const CLOSED: u64 = u64::MAX;
+const BUSY: u64 = u64::MAX - 1;
 
-/// What the reader and the deadline share: when the open header block opened, in ms since
-/// `epoch` (or `OFF` / `CLOSED`).
+/// What the reader and the deadline share: when the open head opened, in ms since `epoch` (or
+/// `CLOSED` / `BUSY`), and whether the connection turned out to be HTTP/1.
 struct Shared {
     epoch: Instant,
     open_since: AtomicU64,
+    http1: AtomicBool,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
 }
 
 /// Where the parser is in the client's byte stream.
@@ -148,7 +164,7 @@ pub struct Watched<T> {
     shared: Arc<Shared>,
 }
 
-/// Resolves when a header block stays open too long.
+/// Resolves when a request head stays open too long; told when HTTP/1 requests start and end.
 #[derive(Clone)]
 pub struct Deadline {
     shared: Arc<Shared>,
@@ -159,6 +175,7 @@ pub fn watch<T>(inner: T) -> (Watched<T>, Deadline) {
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         open_since: AtomicU64::new(CLOSED),
+        http1: AtomicBool::new(false),
     });
     let deadline = Deadline {
         shared: shared.clone(),
@@ -174,15 +191,14 @@ pub fn watch<T>(inner: T) -> (Watched<T>, Deadline) {
 }
 
 impl Deadline {
-    /// Resolves once a header block has been open for `limit`; never for HTTP/1.
+    /// Resolves once a request head has been open for `limit`.
     pub async fn expired(&self, limit: Duration) {
-        // Checked at half the limit when nothing is open: a block is noticed at most
+        // Checked at half the limit when nothing is open: a head is noticed at most
         // 1.5 x `limit` after it opened, with one timer per connection.
         let recheck = (limit / 2).max(Duration::from_millis(10));
         loop {
             match self.shared.open_since.load(Ordering::Relaxed) {
-                OFF => return std::future::pending().await,
-                CLOSED => tokio::time::sleep(recheck).await,
+                CLOSED | BUSY => tokio::time::sleep(recheck).await,
                 since => {
                     let opened = self.shared.epoch + Duration::from_millis(since);
                     if opened.elapsed() >= limit {
@@ -191,6 +207,28 @@ impl Deadline {
                     tokio::time::sleep_until(opened + limit).await;
                 }
             }
+        }
+    }
+
+    /// hyper handed over a request (its head is complete). For HTTP/1 what the client sends
+    /// next is this request's body, until [`Deadline::request_ended`]. (For HTTP/2 the frames
+    /// say where heads are; nothing to do.)
+    pub fn request_started(&self) {
+        if self.shared.http1.load(Ordering::Relaxed) {
+            self.shared.open_since.store(BUSY, Ordering::Relaxed);
+        }
+    }
+
+    /// No request is in progress any more: for HTTP/1 the next byte the client sends starts
+    /// the next head.
+    pub fn request_ended(&self) {
+        if self.shared.http1.load(Ordering::Relaxed) {
+            let _ = self.shared.open_since.compare_exchange(
+                BUSY,
+                CLOSED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -204,16 +242,45 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.frames.parse != Parse::Off && matches!(r, Poll::Ready(Ok(()))) {
-            let value = match this.frames.feed(&buf.filled()[before..]) {
-                Change::None => None,
-                Change::Opened => Some(this.shared.epoch.elapsed().as_millis() as u64),
-                Change::Closed => Some(CLOSED),
-                Change::Off => Some(OFF),
-            };
-            if let Some(v) = value {
-                this.shared.open_since.store(v, Ordering::Relaxed);
+        let read = &buf.filled()[before..];
+        if read.is_empty() || !matches!(r, Poll::Ready(Ok(()))) {
+            return r;
+        }
+        let shared = &this.shared;
+        if this.frames.parse == Parse::Off {
+            // HTTP/1: bytes while no request is in progress (and no head open) start a head.
+            // (Read first: most reads are body bytes or the rest of a head, and need no clock.)
+            if shared.open_since.load(Ordering::Relaxed) == CLOSED {
+                let _ = shared.open_since.compare_exchange(
+                    CLOSED,
+                    shared.now(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
+            return r;
+        }
+        // The first bytes are an HTTP/1 head or the HTTP/2 preface: timed as a head from the
+        // first byte until the preface is complete or the first request is handed over.
+        let in_preface = matches!(this.frames.parse, Parse::Preface(_));
+        let first_bytes_open = shared.open_since.load(Ordering::Relaxed) != CLOSED;
+        let value = match this.frames.feed(read) {
+            Change::Opened => Some(shared.now()),
+            Change::Closed => Some(CLOSED),
+            Change::Off => {
+                // HTTP/1: the first request's head, open since its first byte.
+                shared.http1.store(true, Ordering::Relaxed);
+                (!first_bytes_open).then(|| shared.now())
+            }
+            Change::None => match this.frames.parse {
+                Parse::Preface(_) => (!first_bytes_open).then(|| shared.now()),
+                // The preface is complete (with no header block open after it).
+                _ if in_preface && !this.frames.open => Some(CLOSED),
+                _ => None,
+            },
+        };
+        if let Some(v) = value {
+            shared.open_since.store(v, Ordering::Relaxed);
         }
         r
     }
@@ -349,8 +416,103 @@ mod tests {
         w.shared.open_since.store(CLOSED, Ordering::Relaxed);
         let quiet = tokio::time::timeout(Duration::from_secs(60), deadline.expired(limit)).await;
         assert!(quiet.is_err(), "no open block: never expires");
-        w.shared.open_since.store(OFF, Ordering::Relaxed);
-        let off = tokio::time::timeout(Duration::from_secs(60), deadline.expired(limit)).await;
-        assert!(off.is_err());
+        w.shared.open_since.store(BUSY, Ordering::Relaxed);
+        let busy = tokio::time::timeout(Duration::from_secs(60), deadline.expired(limit)).await;
+        assert!(busy.is_err(), "a request in progress: never expires");
+    }
+
+    /// Reads what the client wrote so far through `w`.
+    async fn read_some<T: AsyncRead + Unpin>(w: &mut Watched<T>) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 256];
+        assert!(w.read(&mut buf).await.expect("read") > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_head_is_timed_from_its_first_byte_and_an_idle_connection_not_at_all() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut w, deadline) = watch(server);
+        let limit = Duration::from_secs(3);
+        let expires_within = |d: Duration| {
+            let deadline = deadline.clone();
+            async move {
+                tokio::time::timeout(d, deadline.expired(limit))
+                    .await
+                    .is_ok()
+            }
+        };
+
+        // The first request's head, trickled: timed from its first byte.
+        client.write_all(b"GET / HT").await.unwrap();
+        read_some(&mut w).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        client.write_all(b"TP/1.1\r\n").await.unwrap();
+        read_some(&mut w).await;
+        assert!(
+            expires_within(Duration::from_secs(2)).await,
+            "more bytes extended the deadline"
+        );
+
+        // hyper hands the request over: its body's bytes are not a head, however long they take.
+        deadline.request_started();
+        client.write_all(b"body").await.unwrap();
+        read_some(&mut w).await;
+        assert!(!expires_within(Duration::from_secs(60)).await);
+
+        // The response is done: an idle kept-alive connection is never cut here...
+        deadline.request_ended();
+        assert!(!expires_within(Duration::from_secs(600)).await);
+        // ...and the next request's first byte starts its deadline.
+        client.write_all(b"G").await.unwrap();
+        read_some(&mut w).await;
+        let start = Instant::now();
+        assert!(expires_within(Duration::from_secs(10)).await);
+        assert!(start.elapsed() >= limit);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_bytes_are_timed_until_they_turn_out_http1_or_the_preface_completes() {
+        use tokio::io::AsyncWriteExt;
+        let limit = Duration::from_secs(3);
+        // "P" could start "PRI * HTTP/2.0" or "POST": a head either way, timed from that byte.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut w, deadline) = watch(server);
+        client.write_all(b"P").await.unwrap();
+        read_some(&mut w).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        client.write_all(b"OST / HTTP/1.1\r\n").await.unwrap();
+        read_some(&mut w).await;
+        let r = tokio::time::timeout(Duration::from_millis(1500), deadline.expired(limit)).await;
+        assert!(r.is_ok(), "the head was not timed from its first byte");
+
+        // A preface sent slowly is timed; once complete, with no header block open, it is not.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut w, deadline) = watch(server);
+        client.write_all(&PREFACE[..10]).await.unwrap();
+        read_some(&mut w).await;
+        assert_ne!(w.shared.open_since.load(Ordering::Relaxed), CLOSED);
+        client.write_all(&PREFACE[10..]).await.unwrap();
+        read_some(&mut w).await;
+        assert_eq!(w.shared.open_since.load(Ordering::Relaxed), CLOSED);
+        let r = tokio::time::timeout(Duration::from_secs(60), deadline.expired(limit)).await;
+        assert!(r.is_err(), "an idle HTTP/2 connection was cut");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_ignores_the_request_calls() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut w, deadline) = watch(server);
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(HEADERS, 0, b"a"));
+        client.write_all(&bytes).await.unwrap();
+        read_some(&mut w).await;
+        // Another stream's request starting or ending does not close this open block.
+        deadline.request_started();
+        deadline.request_ended();
+        let limit = Duration::from_secs(3);
+        let r = tokio::time::timeout(Duration::from_secs(10), deadline.expired(limit)).await;
+        assert!(r.is_ok(), "the open header block was forgotten");
     }
 }

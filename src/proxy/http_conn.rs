@@ -7,10 +7,11 @@
 //!
 //! Idle means "no request in progress" (a request is in progress from its complete header block
 //! until its response body is done), not "no bytes": HTTP/2 PINGs or a trickled header block
-//! keep bytes moving. Request headers must arrive within the header-read deadline,
-//! min(`--idle-timeout`, 30 s): hyper enforces it for HTTP/1, [`header_block`] for HTTP/2,
-//! whose connections are dropped when a header block stays open longer. Also the header
-//! hygiene both directions share.
+//! keep bytes moving. A request's head, once started, must be complete within the header-read
+//! deadline, min(`--idle-timeout`, 30 s), or the connection is dropped ([`header_block`], for
+//! both HTTP versions; hyper's HTTP/1 header-read timeout is off, as it also runs between
+//! requests and would close an idle kept-alive connection after 30 s). Also the header hygiene
+//! both directions share.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -78,7 +79,7 @@ pub async fn serve_conn<S, F, Fut>(
     let activity = Activity::new();
     let (io, header_block) = header_block::watch(Tracked::new(io, activity.clone()));
     let io = TokioIo::new(io);
-    let requests = Requests::new();
+    let requests = Requests::new(header_block.clone());
     let svc_requests = requests.clone();
     let svc = hyper::service::service_fn(move |req| {
         let guard = svc_requests.enter();
@@ -92,11 +93,11 @@ pub async fn serve_conn<S, F, Fut>(
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // A client that starts a request and stalls is dropped like an idle one.
+    // The header-read deadline is `header_block`'s (see the module docs).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_deadline);
+        .header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
@@ -173,11 +174,13 @@ async fn drained(requests: &Requests, activity: &Activity, since: Option<Instant
     }
 }
 
-/// Requests in progress on one connection, and when the last one ended.
+/// Requests in progress on one connection, and when the last one ended; tells the header-read
+/// deadline when requests start and end.
 #[derive(Clone)]
 struct Requests(Arc<RequestsInner>);
 
 struct RequestsInner {
+    heads: header_block::Deadline,
     epoch: Instant,
     /// Set at the first request.
     any: AtomicBool,
@@ -188,8 +191,9 @@ struct RequestsInner {
 }
 
 impl Requests {
-    fn new() -> Self {
+    fn new(heads: header_block::Deadline) -> Self {
         Requests(Arc::new(RequestsInner {
+            heads,
             epoch: Instant::now(),
             any: AtomicBool::new(false),
             first: Notify::new(),
@@ -199,6 +203,7 @@ impl Requests {
     }
 
     fn enter(&self) -> RequestGuard {
+        self.0.heads.request_started();
         self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         if !self.0.any.load(Ordering::Relaxed) {
             self.0.any.store(true, Ordering::Release);
@@ -254,7 +259,9 @@ impl Drop for RequestGuard {
         let r = &(self.0).0;
         r.last_end_ms
             .store(r.epoch.elapsed().as_millis() as u64, Ordering::Release);
-        r.in_flight.fetch_sub(1, Ordering::Release);
+        if r.in_flight.fetch_sub(1, Ordering::Release) == 1 {
+            r.heads.request_ended();
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //!   [`outbound`] (`client`: [`outbound::connect`], [`outbound::refusal`], [`outbound::http`]);
 //! - what both use: [`listener`] (the accept loop, statistics, metric handles, the credential
 //!   slot), [`config`], [`handshake`] (failure reasons), [`http_conn`] (an HTTP connection's
-//!   lifecycle, with [`header_block`]: the HTTP/2 header-read deadline), [`headers`] (protected
+//!   lifecycle, with [`header_block`]: the header-read deadline), [`headers`] (protected
 //!   headers, `Host` rules), [`tcp`] (byte copy), [`io`] (plaintext upstream connections, the cap
 //!   on them, idle tracking), [`probe`] (`ready-upstream`: is the target accepting now?) and
 //!   [`chain`] (reading an error's cause chain).

@@ -449,6 +449,36 @@ fn client_that_stalls_in_its_request_headers_is_disconnected() {
     );
 }
 
+/// A kept-alive HTTP/1 connection with no request in progress is idle: it stays open until
+/// `--idle-timeout` (here 40 s), not until the 30 s header-read deadline (that one times a
+/// request head once its first byte arrived, as the test above shows); then it is closed.
+/// (Before, hyper's header-read timeout also ran between requests and closed it at 30 s.)
+#[test]
+fn idle_keep_alive_connection_lasts_until_the_idle_timeout_not_the_header_deadline() {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let sc = start_ready(
+        &env,
+        "http",
+        &upstream.addr(),
+        &["--allow-all", "--idle-timeout", "40s"],
+    );
+    let mut conn = client_for(&env, &env.pki.client())
+        .connect(sc.listen_addr())
+        .expect("handshake");
+    assert_eq!(conn.get("/first").expect("first request").status, 200);
+    let idle = std::time::Duration::from_secs(33);
+    assert!(
+        !conn.closed_within(idle),
+        "an idle kept-alive connection was closed before {idle:?} with --idle-timeout 40s\n{}",
+        sc.log()
+    );
+    assert!(
+        conn.closed_within(std::time::Duration::from_secs(40 - 33 + 15)),
+        "still open well past --idle-timeout 40s"
+    );
+}
+
 #[test]
 fn upload_longer_than_idle_timeout_is_not_cut() {
     let (_env, _upstream, _sc, mut conn) = connected_with_idle_timeout_1s();
