@@ -455,14 +455,7 @@ fn client_that_stalls_in_its_request_headers_is_disconnected() {
 /// (Before, hyper's header-read timeout also ran between requests and closed it at 30 s.)
 #[test]
 fn idle_keep_alive_connection_lasts_until_the_idle_timeout_not_the_header_deadline() {
-    let (env, _) = env_with_server();
-    let upstream = HttpUpstream::start();
-    let sc = start_ready(
-        &env,
-        "http",
-        &upstream.addr(),
-        &["--allow-all", "--idle-timeout", "40s"],
-    );
+    let (env, _upstream, sc) = proxy(&["--allow-all", "--idle-timeout", "40s"]);
     let mut conn = client_for(&env, &env.pki.client())
         .connect(sc.listen_addr())
         .expect("handshake");
