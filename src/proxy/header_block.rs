@@ -10,7 +10,10 @@
 //! it is still open (the preface itself is timed like a head). A stream that does not start
 //! with the HTTP/2 preface is HTTP/1: a head is open from the first byte read while no request
 //! is in progress until hyper hands the request over ([`Deadline::request_started`]); bytes
-//! read while a request is in progress are its body.
+//! read while a request is in progress (until its response and its request body are done) are
+//! its body. So the head of a request pipelined behind one in progress is timed from the first
+//! byte read after that one ends: a client that sends part of such a head and stalls is treated
+//! as idle (closed by the `--idle-timeout` rules), as if it had sent nothing.
 //! (hyper's own HTTP/1 header-read timeout also runs while a kept-alive connection waits for its
 //! next request, so it would close idle connections long before `--idle-timeout`.)
 //! [`Deadline::expired`] resolves once a head has been open longer than the deadline.
@@ -265,6 +268,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let in_preface = matches!(this.frames.parse, Parse::Preface(_));
         let first_bytes_open = shared.open_since.load(Ordering::Relaxed) != CLOSED;
         let value = match this.frames.feed(read) {
+            // A header block right after a slowly sent preface: still timed from its first byte.
+            Change::Opened if in_preface && first_bytes_open => None,
             Change::Opened => Some(shared.now()),
             Change::Closed => Some(CLOSED),
             Change::Off => {
@@ -497,6 +502,22 @@ mod tests {
         assert_eq!(w.shared.open_since.load(Ordering::Relaxed), CLOSED);
         let r = tokio::time::timeout(Duration::from_secs(60), deadline.expired(limit)).await;
         assert!(r.is_err(), "an idle HTTP/2 connection was cut");
+
+        // A header block in the read that completes a slow preface does not restart the clock.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut w, deadline) = watch(server);
+        client.write_all(&PREFACE[..10]).await.unwrap();
+        read_some(&mut w).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut rest = PREFACE[10..].to_vec();
+        rest.extend(frame(HEADERS, 0, b"a"));
+        client.write_all(&rest).await.unwrap();
+        read_some(&mut w).await;
+        let r = tokio::time::timeout(Duration::from_millis(1500), deadline.expired(limit)).await;
+        assert!(
+            r.is_ok(),
+            "the header block after the preface restarted the clock"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,8 +6,9 @@
 //! after the in-flight response with `Connection: close`, HTTP/2 with GOAWAY.
 //!
 //! Idle means "no request in progress" (a request is in progress from its complete header block
-//! until its response body is done), not "no bytes": HTTP/2 PINGs or a trickled header block
-//! keep bytes moving. A request's head, once started, must be complete within the header-read
+//! until both its response body and its request body are done: a client may still be uploading
+//! after an app answered early), not "no bytes": HTTP/2 PINGs or a trickled header block keep
+//! bytes moving. A request's head, once started, must be complete within the header-read
 //! deadline, min(`--idle-timeout`, 30 s), or the connection is dropped ([`header_block`], for
 //! both HTTP versions; hyper's HTTP/1 header-read timeout is off, as it also runs between
 //! requests and would close an idle kept-alive connection after 30 s). Also the header hygiene
@@ -72,7 +73,7 @@ pub async fn serve_conn<S, F, Fut>(
     handle: F,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    F: Fn(Request<RequestBody>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let header_deadline = cfg.idle_timeout.min(MAX_HEADER_READ);
@@ -81,8 +82,9 @@ pub async fn serve_conn<S, F, Fut>(
     let io = TokioIo::new(io);
     let requests = Requests::new(header_block.clone());
     let svc_requests = requests.clone();
-    let svc = hyper::service::service_fn(move |req| {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let guard = svc_requests.enter();
+        let req = req.map(|body| RequestBody::new(body, &svc_requests));
         let resp = handle(req);
         async move {
             let resp = resp.await;
@@ -202,13 +204,20 @@ impl Requests {
         }))
     }
 
+    /// A request's head is complete: it is in progress until the guard drops (with its
+    /// response body).
     fn enter(&self) -> RequestGuard {
         self.0.heads.request_started();
-        self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         if !self.0.any.load(Ordering::Relaxed) {
             self.0.any.store(true, Ordering::Release);
             self.0.first.notify_waiters();
         }
+        self.hold()
+    }
+
+    /// Keeps the request in progress until this guard drops too (with its request body).
+    fn hold(&self) -> RequestGuard {
+        self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         RequestGuard(self.clone())
     }
 
@@ -250,8 +259,8 @@ impl Requests {
     }
 }
 
-/// One request in progress: from its complete headers until its response body is done or
-/// dropped.
+/// One request in progress: from its complete headers until its response body (one guard) and
+/// its request body (another) are done or dropped.
 struct RequestGuard(Requests);
 
 impl Drop for RequestGuard {
@@ -262,6 +271,45 @@ impl Drop for RequestGuard {
         if r.in_flight.fetch_sub(1, Ordering::Release) == 1 {
             r.heads.request_ended();
         }
+    }
+}
+
+/// A request body as the handlers get it: it keeps its request counted as in progress until it
+/// has been read to its end or dropped.
+pub struct RequestBody {
+    inner: Incoming,
+    guard: Option<RequestGuard>,
+}
+
+impl RequestBody {
+    fn new(inner: Incoming, requests: &Requests) -> Self {
+        let guard = (!hyper::body::Body::is_end_stream(&inner)).then(|| requests.hold());
+        RequestBody { inner, guard }
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None)) || hyper::body::Body::is_end_stream(&this.inner) {
+            this.guard = None;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::Body::size_hint(&self.inner)
     }
 }
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{self, Authority, PathAndQuery};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -27,7 +26,9 @@ use super::identity::PeerIdentity;
 use crate::proxy::chain::{error_chain, find_in_chain};
 use crate::proxy::config::Target;
 use crate::proxy::headers::{check_host, strip_protected};
-use crate::proxy::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
+use crate::proxy::http_conn::{
+    relay_response, serve_conn, short, strip_hop_by_hop, Body, RequestBody,
+};
 use crate::proxy::io::{
     connect, Activity, Slotted, TouchBody, Upstream, UpstreamBusy, UpstreamSlots,
 };
@@ -79,8 +80,8 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// The upstream clients of one `server` listener.
 struct Clients {
-    h1: Client<Connector, TouchBody<Incoming>>,
-    h2: Client<Connector, TouchBody<Incoming>>,
+    h1: Client<Connector, TouchBody<RequestBody>>,
+    h2: Client<Connector, TouchBody<RequestBody>>,
 }
 
 impl Clients {
@@ -174,7 +175,7 @@ impl Forwarder {
 
     async fn respond(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         caller: &Caller,
         allowed: bool,
     ) -> Response<Body> {
@@ -200,7 +201,7 @@ impl Forwarder {
         resp
     }
 
-    async fn forward(&self, mut req: Request<Incoming>, caller: &Caller) -> Response<Body> {
+    async fn forward(&self, mut req: Request<RequestBody>, caller: &Caller) -> Response<Body> {
         let cfg = &self.shared.cfg;
         if req.method() == Method::CONNECT {
             return short(

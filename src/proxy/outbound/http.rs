@@ -30,7 +30,9 @@ use super::connect::{connect, Remote, UpstreamError};
 use super::refusal::{rejected_by_server, Rejections, Watched};
 use crate::proxy::chain::{error_chain, find_in_chain};
 use crate::proxy::handshake::HandshakeFailure;
-use crate::proxy::http_conn::{relay_response, serve_conn, short, strip_hop_by_hop, Body};
+use crate::proxy::http_conn::{
+    relay_response, serve_conn, short, strip_hop_by_hop, Body, RequestBody,
+};
 use crate::proxy::io::{Activity, Slotted, TouchBody};
 use crate::proxy::listener::{Shared, Slot};
 
@@ -135,7 +137,7 @@ pub async fn serve(
 }
 
 async fn forward(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     pools: &Slot<Pool>,
     remote: &Remote,
     s: &Shared,

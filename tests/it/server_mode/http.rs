@@ -472,6 +472,72 @@ fn idle_keep_alive_connection_lasts_until_the_idle_timeout_not_the_header_deadli
     );
 }
 
+/// A request head started after a response and then stalled is cut at the header-read
+/// deadline (30 s here), well before `--idle-timeout 60s` would close the connection.
+#[test]
+fn partial_head_after_a_response_is_cut_at_the_header_deadline_not_the_idle_timeout() {
+    let (env, _upstream, sc) = proxy(&["--allow-all", "--idle-timeout", "60s"]);
+    let mut conn = client_for(&env, &env.pki.client())
+        .connect(sc.listen_addr())
+        .expect("handshake");
+    assert_eq!(conn.get("/first").expect("first request").status, 200);
+    use std::io::Write;
+    conn.write_all(b"GET /second HTTP/1.1\r\nHost: a\r\n")
+        .expect("partial head");
+    let _ = conn.flush();
+    // The deadline is noticed up to 1.5 x late (45 s); the idle timeout would take 60 s.
+    assert!(
+        conn.closed_within(std::time::Duration::from_secs(52)),
+        "a stalled request head outlived the 30 s header-read deadline\n{}",
+        sc.log()
+    );
+}
+
+/// An app may answer before it has read the whole upload, and go on reading it: the request is
+/// in progress until its body is done too, so the upload that goes on after the response is
+/// neither taken for the next request's head (and cut at the header-read deadline) nor for an
+/// idle connection (here both are 2 s), and the connection serves the next request after it.
+#[test]
+fn upload_still_moving_after_an_early_response_is_not_cut() {
+    let (env, upstream, sc) = proxy(&["--allow-all", "--idle-timeout", "2s"]);
+    let mut conn = client_for(&env, &env.pki.client())
+        .connect(sc.listen_addr())
+        .expect("handshake");
+    use std::io::Write;
+    const CHUNK: usize = 100;
+    const CHUNKS: usize = 32;
+    let head = format!(
+        "POST /upload?early=1 HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        CHUNK * CHUNKS
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(&[b'x'; CHUNK]).unwrap();
+    conn.flush().unwrap();
+    let early = conn.response().expect("the early answer");
+    assert_eq!(
+        (early.status, early.body_text()),
+        (200, "early".to_string())
+    );
+    // 8 s more of upload, a chunk every 250 ms.
+    for i in 1..CHUNKS {
+        let sent = conn.write_all(&[b'x'; CHUNK]).and_then(|_| conn.flush());
+        assert!(
+            sent.is_ok() && !conn.closed_within(std::time::Duration::from_millis(250)),
+            "the upload was cut after {i} of {CHUNKS} chunks ({:?} after the response)\n{}",
+            std::time::Duration::from_millis(250) * i as u32,
+            sc.log()
+        );
+    }
+    assert!(
+        sc.wait_until(WAIT, || upstream.early_body_bytes()
+            == (CHUNK * CHUNKS) as u64),
+        "the app read {} of {} body bytes",
+        upstream.early_body_bytes(),
+        CHUNK * CHUNKS
+    );
+    assert_eq!(conn.get("/next").expect("next request").status, 200);
+}
+
 #[test]
 fn upload_longer_than_idle_timeout_is_not_cut() {
     let (_env, _upstream, _sc, mut conn) = connected_with_idle_timeout_1s();

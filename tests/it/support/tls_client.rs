@@ -289,6 +289,11 @@ impl TlsConn {
         read_response(&mut self.stream).map_err(|e| format!("response to {method} {path}: {e}"))
     }
 
+    /// Read one response, for a request written by hand.
+    pub fn response(&mut self) -> Result<Response, String> {
+        read_response(&mut self.stream)
+    }
+
     /// True if the server ends the connection (EOF, close_notify, reset) within `timeout`;
     /// false if it stays open (or sends something) that long.
     pub fn closed_within(&mut self, timeout: Duration) -> bool {

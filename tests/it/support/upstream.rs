@@ -3,7 +3,9 @@
 //! and a JSON echo of what it received: `{"method", "path", "headers": {lowercased name:
 //! [values...]}, "body"}`, with status 200 unless its query has `status=N`. A request can be
 //! slowed down with `?delay_ms=N` in its query, or
-//! every request with `set_delay`. It counts connections (accepted, and open now) and requests and keeps the last
+//! every request with `set_delay`. With `?early=1` it answers `200 early` at once and reads the
+//! request body afterwards, counting its bytes (`early_body_bytes`), as apps that answer before
+//! the upload is over do. It counts connections (accepted, and open now) and requests and keeps the last
 //! request it answered (`last`). `Echoed` parses its
 //! replies. The byte-level upstream for `--protocol tcp` is `tcp_upstream.rs`.
 
@@ -35,6 +37,8 @@ struct HttpState {
     finished: AtomicUsize,
     delay_ms: AtomicU64,
     last: std::sync::Mutex<Option<Value>>,
+    /// Body bytes read after `?early=1` answers.
+    early_body_bytes: AtomicU64,
 }
 
 /// A plaintext HTTP/1.1 echo server. See the module docs.
@@ -129,6 +133,11 @@ impl HttpUpstream {
         Some(Echoed::parse(last.to_string().as_bytes()))
     }
 
+    /// Request body bytes read after the `?early=1` answers.
+    pub fn early_body_bytes(&self) -> u64 {
+        self.state.early_body_bytes.load(Ordering::SeqCst)
+    }
+
     /// Delay every later response by `delay` (a request's own `?delay_ms=N` wins).
     pub fn set_delay(&self, delay: Duration) {
         self.state
@@ -205,7 +214,24 @@ async fn echo(
     state: Arc<HttpState>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     state.started.fetch_add(1, Ordering::SeqCst);
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
+    if parts
+        .uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "early=1"))
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    state
+                        .early_body_bytes
+                        .fetch_add(data.len() as u64, Ordering::SeqCst);
+                }
+            }
+        });
+        return Ok(Response::new(Full::new(Bytes::from_static(b"early"))));
+    }
     let body = body
         .collect()
         .await
