@@ -213,6 +213,11 @@ impl Deadline {
         }
     }
 
+    /// Whether the client speaks HTTP/1 (known from its first bytes).
+    pub fn is_http1(&self) -> bool {
+        self.shared.http1.load(Ordering::Relaxed)
+    }
+
     /// hyper handed over a request (its head is complete). For HTTP/1 what the client sends
     /// next is this request's body, until [`Deadline::request_ended`]. (For HTTP/2 the frames
     /// say where heads are; nothing to do.)

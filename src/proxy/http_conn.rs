@@ -2,8 +2,13 @@
 //! keep-alive, or HTTP/2 by ALPN or prior knowledge) running a request handler until the
 //! connection ends, the client idles past `--idle-timeout`, it reaches `--max-connection-age`,
 //! or shutdown starts (a connection with no request yet first gets `FIRST_REQUEST_GRACE` to
-//! send one: it was accepted while its client sent it). The last three close gracefully: HTTP/1
-//! after the in-flight response with `Connection: close`, HTTP/2 with GOAWAY.
+//! send one: it was accepted while its client sent it). The last three close gracefully:
+//! HTTP/2 with GOAWAY; HTTP/1 with `Connection: close` on its next response (the one in
+//! flight if its head has not gone out yet), after which hyper closes it: closing a kept-alive
+//! HTTP/1 connection between two requests fails the next request of a client that reuses it
+//! without checking first (Python's http.client, for one). At its age an HTTP/1 connection
+//! waits for that response as long as the idle rules let it; at shutdown for `IDLE_LINGER`,
+//! and is then closed (after the response in flight, if any).
 //!
 //! Idle means "no request in progress" (a request is in progress from its complete header block
 //! until both its response body and its request body are done: a client may still be uploading
@@ -50,6 +55,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// sent a request yet: its client is most likely sending one. It gets this long to, and that
 /// request is served, before the graceful close.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// At shutdown (or a drain), a kept-alive HTTP/1 connection waits this long for a response that
+/// can carry `Connection: close` before it is closed.
+const IDLE_LINGER: Duration = Duration::from_secs(5);
 
 /// Connection-level headers that must not be forwarded (RFC 9110 7.6.1), and credentials meant
 /// for a proxy (we are the proxy; they must not reach the next hop).
@@ -84,10 +92,15 @@ pub async fn serve_conn<S, F, Fut>(
     let svc_requests = requests.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let guard = svc_requests.enter();
+        let http1 = req.version() < Version::HTTP_2;
         let req = req.map(|body| RequestBody::new(body, &svc_requests));
         let resp = handle(req);
         async move {
-            let resp = resp.await;
+            let mut resp = resp.await;
+            if http1 && guard.0.closing() {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(resp.map(|body| InFlight {
                 body,
                 _guard: guard,
@@ -119,9 +132,22 @@ pub async fn serve_conn<S, F, Fut>(
         }
     };
     tokio::pin!(stop);
+    let (mut stopped, mut aged) = (false, false);
+    // An idle HTTP/1 connection asked to close: closed at this time unless its next response
+    // (with `Connection: close`) ends it first.
+    let mut linger: Option<Instant> = None;
     let mut closing: Option<Instant> = None;
     loop {
         let open = closing.is_none();
+        let lingered = async {
+            match linger {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        // What ended the wait, for an open connection: `Some(linger)` asks it to close after
+        // its next response (or at once if it cannot wait), `None` closes it now.
+        let ask: Option<Option<Duration>>;
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -133,10 +159,17 @@ pub async fn serve_conn<S, F, Fut>(
                 debug!(listener = %cfg.name, %peer, "request headers not complete within the header-read deadline; closing");
                 return;
             }
-            _ = &mut stop, if open => {}
-            _ = &mut age, if open => {}
-            _ = activity.idle(cfg.idle_timeout), if open => {}
-            _ = requests.idle(cfg.idle_timeout, None), if open => {}
+            _ = &mut stop, if open && !stopped => {
+                stopped = true;
+                ask = Some(Some(IDLE_LINGER));
+            }
+            _ = &mut age, if open && !aged => {
+                aged = true;
+                ask = Some(None);
+            }
+            _ = lingered, if open => ask = None,
+            _ = activity.idle(cfg.idle_timeout), if open => ask = None,
+            _ = requests.idle(cfg.idle_timeout, None), if open => ask = None,
             // Graceful close waits for in-flight responses, and then for their last bytes to
             // leave (a slow reader may still be taking a response's tail from the buffers).
             // With no request left it is dropped once nothing moved for a short grace, or, if
@@ -156,7 +189,21 @@ pub async fn serve_conn<S, F, Fut>(
                 return;
             }
         }
-        if open {
+        let Some(wait) = ask else {
+            closing = Some(Instant::now());
+            conn.as_mut().graceful_shutdown();
+            continue;
+        };
+        if header_block.is_http1() {
+            // The next response to start (or the one in flight, if its head has not gone out)
+            // carries `Connection: close`, and hyper closes after it.
+            requests.close_after_response();
+            if let Some(wait) = wait {
+                let until = Instant::now() + wait;
+                linger = Some(linger.map_or(until, |t| t.min(until)));
+            }
+        } else {
+            // HTTP/2: GOAWAY (or a connection that has not sent a byte: closed).
             closing = Some(Instant::now());
             conn.as_mut().graceful_shutdown();
         }
@@ -186,6 +233,8 @@ struct RequestsInner {
     epoch: Instant,
     /// Set at the first request.
     any: AtomicBool,
+    /// Responses from now on carry `Connection: close` (HTTP/1).
+    closing: AtomicBool,
     first: Notify,
     in_flight: AtomicUsize,
     /// When `in_flight` last dropped to zero, in ms since `epoch`.
@@ -198,6 +247,7 @@ impl Requests {
             heads,
             epoch: Instant::now(),
             any: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             first: Notify::new(),
             in_flight: AtomicUsize::new(0),
             last_end_ms: AtomicU64::new(0),
@@ -219,6 +269,15 @@ impl Requests {
     fn hold(&self) -> RequestGuard {
         self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         RequestGuard(self.clone())
+    }
+
+    /// From now on responses (HTTP/1) end their connection.
+    fn close_after_response(&self) {
+        self.0.closing.store(true, Ordering::Relaxed);
+    }
+
+    fn closing(&self) -> bool {
+        self.0.closing.load(Ordering::Relaxed)
     }
 
     /// Whether a request has started on this connection.

@@ -12,6 +12,7 @@ use crate::support::bin_command;
 use crate::support::cli_clients::run_bounded;
 use crate::support::failures::Failures;
 use crate::support::sidecar::wait_until;
+use crate::support::tls_client::TlsConn;
 
 const DRAINING: &str = "not ready: draining\n";
 
@@ -128,6 +129,42 @@ fn drain_turns_readiness_off_keeps_serving_and_answers_after_the_delay() {
     assert_eq!(logged, 1, "{}", sc.log());
     let status = sc.terminate();
     assert_eq!(status.code(), Some(0), "{status}\n{}", sc.log());
+}
+
+/// A drain does not close kept-alive HTTP/1 connections under their clients (a client that
+/// reuses one without checking, as Python's http.client does, would fail its next request): a
+/// connection's next response carries `Connection: close` and it ends after it; one that sends
+/// nothing is closed about 5 s after the drain started.
+#[test]
+fn drain_ends_kept_alive_connections_with_their_next_response() {
+    let (env, _upstream, sc) = proxy(&["--allow-all", "--drain-delay", "0s"]);
+    let client = client_for(&env, &env.pki.client());
+    let mut conns: Vec<TlsConn> = (0..2)
+        .map(|_| client.connect(sc.listen_addr()).expect("handshake"))
+        .collect();
+    for conn in &mut conns {
+        assert_eq!(conn.get("/before").expect("before the drain").status, 200);
+    }
+    let (code, body) = sc.get("/drain");
+    assert_eq!(code, 200, "{body}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut used, mut silent) = (conns.remove(0), conns.remove(0));
+    let resp = used.get("/during").unwrap_or_else(|e| {
+        panic!(
+            "the request after the drain began failed: {e}\n{}",
+            sc.log()
+        )
+    });
+    assert_eq!(resp.status, 200);
+    assert!(resp.closes(), "no `Connection: close`: {:?}", resp.headers);
+    assert!(
+        used.closed_within(WAIT),
+        "still open after `Connection: close`"
+    );
+    assert!(
+        silent.closed_within(WAIT),
+        "a silent kept-alive connection outlived the drain by {WAIT:?}"
+    );
 }
 
 /// The app is stopped once `/drain` answers, and an app that quits gracefully waits for the

@@ -222,6 +222,28 @@ fn sigterm_finishes_in_flight_requests_refuses_new_connections_and_exits_0() {
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
+/// SIGTERM does not close an idle kept-alive HTTP/1 connection under its client: a request on
+/// it within 5 s is answered, with `Connection: close`; then the process exits 0.
+#[test]
+fn sigterm_answers_the_next_request_of_an_idle_keep_alive_connection_with_connection_close() {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let mut sc = start_ready(&env, "http", &upstream.addr(), &["--allow-all"]);
+    let mut conn = client_for(&env, &env.pki.client())
+        .connect(sc.listen_addr())
+        .expect("handshake");
+    assert_eq!(conn.get("/before").expect("before SIGTERM").status, 200);
+    sc.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_secs(1));
+    let resp = conn
+        .get("/after")
+        .unwrap_or_else(|e| panic!("the request after SIGTERM failed: {e}\n{}", sc.log()));
+    assert_eq!(resp.status, 200);
+    assert!(resp.closes(), "no `Connection: close`: {:?}", resp.headers);
+    let status = sc.wait_exit(WAIT).expect("no exit after the drain");
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
 #[test]
 fn sigint_drains_and_exits_0_too() {
     let (env, _) = env_with_server();
