@@ -2,8 +2,11 @@
 //! channel, so changes that arrive while an action runs coalesce into one run for the newest
 //! generation), runs at most once per `--min-interval`, and runs the configured actions in
 //! order. A failed action is retried with backoff until it succeeds or a newer generation
-//! supersedes it. The first publish is only staged unless `--act-on-start`: the app started
-//! with those files.
+//! supersedes it. A failed verify means the app did not take the new files (nginx answers a
+//! SIGHUP even when its reload fails): each of its retries first runs the actions before it that
+//! tell the app (signal, exec, webhook) again. A verify ends as soon as a newer generation is
+//! published (the app may already serve that one; its own run verifies it). The first publish is
+//! only staged unless `--act-on-start`: the app started with those files.
 
 pub mod error;
 pub mod exec;
@@ -70,6 +73,15 @@ impl Action {
             Action::Verify(_) => error::VerifyError::REASONS,
             #[cfg(test)]
             Action::Fake(_) => error::ExecError::REASONS,
+        }
+    }
+
+    fn is_verify(&self) -> bool {
+        match self {
+            Action::Verify(_) => true,
+            #[cfg(test)]
+            Action::Fake(a) => a.name == "verify",
+            _ => false,
         }
     }
 
@@ -178,12 +190,73 @@ pub async fn run(
         if due.iter().any(|a| !a.is_stage()) {
             last_run = Some(Instant::now());
         }
-        for action in due {
-            tokio::select! {
-                // Shutdown does not wait for an action; a child process is killed on drop.
-                _ = cancel.cancelled() => return,
-                () = run_with_retries(action, &store, &published, &metrics) => {}
-            }
+        tokio::select! {
+            // Shutdown does not wait for an action; a child process is killed on drop.
+            _ = cancel.cancelled() => return,
+            () = run_generation(&due, &store, &published, &metrics) => {}
+        }
+    }
+}
+
+/// Runs one generation's `due` actions in order (see the module docs).
+async fn run_generation(due: &[&Action], store: &Store, published: &Published, metrics: &Metrics) {
+    for (i, action) in due.iter().enumerate() {
+        if action.is_verify() {
+            let tell: Vec<&Action> = due[..i]
+                .iter()
+                .copied()
+                .filter(|a| !a.is_stage() && !a.is_verify())
+                .collect();
+            verify_with_retries(action, &tell, store, published, metrics).await;
+        } else {
+            run_with_retries(action, store, published, metrics).await;
+        }
+    }
+}
+
+fn superseded(store: &Store, published: &Published) -> bool {
+    store
+        .load()
+        .is_some_and(|p| p.generation > published.generation)
+}
+
+/// Runs the verify `action` until it succeeds, retries run out, or a newer generation is
+/// published (which also ends an attempt in progress, unreported). Before each retry the `tell`
+/// actions run again: the app did not take the files it was told about.
+async fn verify_with_retries(
+    action: &Action,
+    tell: &[&Action],
+    store: &Store,
+    published: &Published,
+    metrics: &Metrics,
+) {
+    let mut generations = store.subscribe();
+    let mut backoff = RETRY_BACKOFF.iter();
+    loop {
+        let newer = generations.wait_for(|g| *g > published.generation);
+        let outcome = tokio::select! {
+            outcome = action.run(store.set(), published) => outcome,
+            _ = newer => return,
+        };
+        crate::events::action_done(
+            metrics,
+            store.set(),
+            action.name(),
+            published.generation,
+            match &outcome {
+                Ok(detail) => Ok(detail),
+                Err(e) => Err((e.reason(), e)),
+            },
+        );
+        let Some(pause) = backoff.next().filter(|_| outcome.is_err()) else {
+            return;
+        };
+        tokio::time::sleep(*pause).await;
+        if superseded(store, published) {
+            return;
+        }
+        for again in tell {
+            run_with_retries(again, store, published, metrics).await;
         }
     }
 }
@@ -212,10 +285,7 @@ async fn run_with_retries(
             return;
         };
         tokio::time::sleep(*pause).await;
-        if store
-            .load()
-            .is_some_and(|p| p.generation > published.generation)
-        {
+        if superseded(store, published) {
             return;
         }
     }
@@ -484,6 +554,70 @@ mod tests {
         for series in [
             r#"mtls_sidecar_actions_total{set="t",action="signal",result="failure",reason="timeout"} 2"#,
             r#"mtls_sidecar_actions_total{set="t",action="signal",result="success"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_verify_tells_the_app_again_before_each_retry() {
+        let mut h = Harness::new();
+        let actions = vec![
+            h.fake("stage", Duration::ZERO, 0),
+            h.fake("signal", Duration::ZERO, 0),
+            h.fake("verify", Duration::ZERO, 2),
+        ];
+        h.start(actions, false, Duration::ZERO);
+        h.publish_at(0).await;
+        h.publish_at(1).await;
+        assert_eq!(
+            h.log_at(60).await,
+            [
+                ("stage", 1, 0),
+                ("stage", 2, 1),
+                ("signal", 2, 1),
+                ("verify", 2, 1),
+                // After 1 s: signal again, then look again; after 2 s more, the same.
+                ("signal", 2, 2),
+                ("verify", 2, 2),
+                ("signal", 2, 4),
+                ("verify", 2, 4),
+            ]
+        );
+        let text = h.metrics.encode();
+        for series in [
+            r#"mtls_sidecar_actions_total{set="t",action="verify",result="success"} 1"#,
+            r#"mtls_sidecar_actions_total{set="t",action="signal",result="success"} 3"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_generation_ends_a_verify_in_progress_unreported() {
+        let mut h = Harness::new();
+        let actions = vec![
+            h.fake("signal", Duration::ZERO, 0),
+            h.fake("verify", secs(10), 0),
+        ];
+        h.start(actions, false, Duration::ZERO);
+        h.publish_at(0).await;
+        h.publish_at(1).await;
+        // Generation 2's verify would take until 11 s; generation 3 arrives at 3 s.
+        h.publish_at(3).await;
+        assert_eq!(
+            h.log_at(60).await,
+            [
+                ("signal", 2, 1),
+                ("verify", 2, 1),
+                ("signal", 3, 3),
+                ("verify", 3, 3),
+            ]
+        );
+        let text = h.metrics.encode();
+        for series in [
+            r#"mtls_sidecar_actions_total{set="t",action="verify",result="success"} 1"#,
+            r#"mtls_sidecar_actions_total{set="t",action="verify",result="failure",reason="timeout"} 0"#,
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");
         }
