@@ -7,7 +7,8 @@
 //! - [`inbound`] (`server`: handshake, allow-list, then [`inbound::http`] or [`tcp`]) and
 //!   [`outbound`] (`client`: [`outbound::connect`], [`outbound::refusal`], [`outbound::http`]);
 //! - what both use: [`listener`] (the accept loop, statistics, metric handles, the credential
-//!   slot), [`config`], [`handshake`] (failure reasons), [`http_conn`] (an HTTP connection's
+//!   slot), [`config`], [`handshake`] (failure reasons), [`tls_error`] (handshake errors in
+//!   words), [`http_conn`] (an HTTP connection's
 //!   lifecycle, with [`header_block`]: the header-read deadline), [`headers`] (protected
 //!   headers, `Host` rules), [`tcp`] (byte copy), [`io`] (plaintext upstream connections, the cap
 //!   on them, idle tracking), [`probe`] (`ready-upstream`: is the target accepting now?) and
@@ -25,6 +26,7 @@ pub mod listener;
 pub mod outbound;
 pub mod probe;
 pub mod tcp;
+pub mod tls_error;
 
 pub use config::{ListenerConfig, Protocol, Target};
 pub use listener::{ListenerMetrics, ListenerStats};

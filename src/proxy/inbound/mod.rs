@@ -123,7 +123,7 @@ impl Handler for Inbound {
             Ok(Err((e, tcp))) => {
                 let reason = classify(&e);
                 s.metrics.handshake_failed(reason);
-                info!(%reason, error = %e, "handshake failed");
+                info!(%reason, error = %crate::proxy::tls_error::describe(&e), "handshake failed");
                 linger(tcp).await;
                 return;
             }

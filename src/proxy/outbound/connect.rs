@@ -164,5 +164,5 @@ fn classify(e: &io::Error) -> (HandshakeFailure, String) {
         TlsError::PeerIncompatible(_) | TlsError::NoApplicationProtocol => Incompatible,
         _ => HandshakeFailure::Protocol,
     };
-    (reason, tls.to_string())
+    (reason, crate::proxy::tls_error::describe_tls(tls))
 }

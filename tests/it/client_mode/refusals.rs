@@ -34,6 +34,12 @@ fn assert_refused(client: &Client, protocol: &str, reason: &str) {
             "the 502 does not name {reason}: {body:?}\n{}",
             client.log()
         );
+        for debug_text in ["DnsName(", "IpAddress(", "(UNIX)"] {
+            assert!(
+                !body.contains(debug_text),
+                "the 502 shows rustls' debug text {debug_text:?}: {body:?}"
+            );
+        }
     } else {
         let mut conn = client.connect();
         // The app speaks first, as an HTTP client does; nothing may come back.
