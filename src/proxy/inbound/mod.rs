@@ -150,7 +150,13 @@ impl Handler for Inbound {
             warn!(subject = %identity.subject, "client denied by the allow-list");
         }
         match &self.mode {
-            Mode::Tcp if !allowed => {}
+            Mode::Tcp if !allowed => {
+                // Closed cleanly (close_notify, then the same drain as a refused handshake): a
+                // reset would reach the client as "connection reset by peer", not as a close.
+                let mut tls = tls;
+                let _ = tokio::time::timeout(LINGER, tls.shutdown()).await;
+                linger(tls.into_inner().0).await;
+            }
             Mode::Tcp => match connect(&s.cfg.target, s.cfg.connect_timeout).await {
                 Ok(upstream) => {
                     // Counted while it lives (no cap of its own: one per client connection).
