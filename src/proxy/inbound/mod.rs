@@ -66,8 +66,11 @@ impl Inbound {
         store: Arc<Store>,
         cancel: CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        // http mode serves HTTP/2 and HTTP/1.x, preferred in that order (`curl -0` offers
+        // only `http/1.0`); tcp mode carries opaque bytes: no ALPN, so a client's offer is
+        // ignored (none chosen) rather than refused.
         let alpn: Vec<&'static [u8]> = match self.mode {
-            Mode::Http(_) => vec![b"h2", b"http/1.1"],
+            Mode::Http(_) => vec![b"h2", b"http/1.1", b"http/1.0"],
             Mode::Tcp => Vec::new(),
         };
         let min_tls = self.shared.cfg.min_tls;

@@ -380,6 +380,52 @@ fn alpn_negotiates_h2_when_offered_and_http_1_1_otherwise() {
         .expect("handshake offering http/1.1");
     assert_eq!(conn.alpn.as_deref(), Some("http/1.1"));
     assert_eq!(conn.get("/").expect("GET over http/1.1").status, 200);
+    // Preference order: h2, then http/1.1, then http/1.0, whatever the client's order.
+    let all = TlsClient::builder(&env.pki.root.cert_pem)
+        .leaf(&client)
+        .alpn(&["http/1.0", "http/1.1", "h2"])
+        .build();
+    let conn = all
+        .connect(sc.listen_addr())
+        .expect("handshake offering all");
+    assert_eq!(conn.alpn.as_deref(), Some("h2"));
+    let h10 = TlsClient::builder(&env.pki.root.cert_pem)
+        .leaf(&client)
+        .alpn(&["http/1.0", "http/1.1"])
+        .build();
+    let conn = h10
+        .connect(sc.listen_addr())
+        .expect("handshake offering http/1.0 and http/1.1");
+    assert_eq!(conn.alpn.as_deref(), Some("http/1.1"));
+}
+
+#[test]
+fn client_offering_only_http_1_0_by_alpn_is_served() {
+    // `curl -0` offers only ALPN `http/1.0` (nginx accepts it); it was refused with
+    // `no_application_protocol` and counted as an incompatible handshake.
+    if !require_tool("curl") {
+        return;
+    }
+    let (env, _upstream, sc) = proxy(&["--allow-all"]);
+    let only = TlsClient::builder(&env.pki.root.cert_pem)
+        .leaf(&env.pki.client())
+        .alpn(&["http/1.0"])
+        .build();
+    let conn = only
+        .connect(sc.listen_addr())
+        .expect("handshake offering only http/1.0");
+    assert_eq!(conn.alpn.as_deref(), Some("http/1.0"));
+    drop(conn);
+    let dir = curl_dir(&env, &env.pki.client());
+    let port = port_of(sc.listen_addr());
+    let res = users_curl(dir.path(), port, "/h10", &["-0"]);
+    assert_eq!(res.http_code, 200, "{res:?}\n{}", sc.log());
+    // curl's `%{http_version}` of an HTTP/1.0 response.
+    assert_eq!(res.http_version, "1", "{res:?}");
+    let echoed = Echoed::parse(res.body.as_bytes());
+    assert_eq!(echoed.path, "/h10");
+    assert_eq!(echoed.one("x-client-dn"), CLIENT_DN);
+    assert_eq!(handshake_failures(&sc), 0.0, "{}", sc.metrics());
 }
 
 #[test]

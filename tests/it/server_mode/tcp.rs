@@ -30,6 +30,29 @@ fn tcp_mode_copies_bytes_both_ways() {
 }
 
 #[test]
+fn tcp_mode_chooses_no_alpn_protocol_and_refuses_no_offer() {
+    // tcp mode carries opaque bytes: a client's ALPN offer is ignored, not refused.
+    let (env, _) = env_with_server();
+    let upstream = TcpUpstream::start(TcpMode::Echo);
+    let sc = start_ready(&env, "tcp", upstream.target(), &["--allow-all"]);
+    for offer in [&["h2", "http/1.1"][..], &["http/1.0"], &["x-custom"]] {
+        let mut conn = TlsClient::builder(&env.pki.root.cert_pem)
+            .leaf(&env.pki.client())
+            .alpn(offer)
+            .build()
+            .connect(sc.listen_addr())
+            .unwrap_or_else(|e| panic!("handshake offering {offer:?}: {e}"));
+        assert_eq!(conn.alpn, None, "offering {offer:?}");
+        conn.write_all(b"ping")
+            .and_then(|_| conn.flush())
+            .expect("write");
+        let mut back = [0u8; 4];
+        conn.read_exact(&mut back).expect("read the echo");
+        assert_eq!(&back, b"ping");
+    }
+}
+
+#[test]
 fn tcp_mode_carries_a_half_close_both_ways() {
     let (env, _) = env_with_server();
     // Answers only after it sees EOF: the client's half-close must reach it, and the
