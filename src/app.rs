@@ -173,7 +173,22 @@ pub async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Result<()>
             },
         }
     }
-    rt.shutdown().await;
+    // Signals keep arriving while the drain runs: each one is logged, none changes the drain.
+    let shutdown = rt.shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            received = signals.next() => match received {
+                Received::Shutdown(s) => {
+                    info!(signal = %s, "signal received; shutdown already under way, nothing changes")
+                }
+                Received::Reload(s) | Received::Ignored(s) => {
+                    warn!(signal = %s, "signal ignored; shutdown already under way")
+                }
+            },
+        }
+    }
     Ok(())
 }
 

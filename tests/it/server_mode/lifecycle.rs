@@ -244,6 +244,50 @@ fn sigterm_answers_the_next_request_of_an_idle_keep_alive_connection_with_connec
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
+/// A second SIGTERM (and a SIGINT) while draining is logged, once each, and changes nothing:
+/// the in-flight request still completes and the exit is 0.
+#[test]
+fn second_sigterm_during_the_drain_is_logged_and_changes_nothing() {
+    let (env, _) = env_with_server();
+    let upstream = HttpUpstream::start();
+    let mut sc = start_ready(
+        &env,
+        "http",
+        &upstream.addr(),
+        &["--allow-all", "--shutdown-grace", "15s"],
+    );
+    let slow = in_flight(&env, &sc, &upstream, 3000);
+    sc.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    sc.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    sc.signal(Signal::SIGINT);
+    let again = |log: String, name: &str| {
+        log.lines()
+            .filter(|l| l.contains("shutdown already under way") && l.contains(name))
+            .count()
+    };
+    assert!(
+        sc.wait_until(WAIT, || again(sc.log(), "SIGTERM") == 1
+            && again(sc.log(), "SIGINT") == 1),
+        "the signals during the drain were not logged once each:\n{}",
+        sc.log()
+    );
+    assert!(
+        sc.running(),
+        "a second signal ended the drain:\n{}",
+        sc.log()
+    );
+    let resp = slow
+        .join()
+        .expect("slow request thread")
+        .unwrap_or_else(|e| panic!("in-flight request cut: {e}\n{}", sc.log()));
+    assert_eq!(resp.status, 200);
+    let status = sc.wait_exit(WAIT).expect("no exit after the drain");
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert_eq!(again(sc.log(), "SIGTERM"), 1, "{}", sc.log());
+}
+
 #[test]
 fn sigint_drains_and_exits_0_too() {
     let (env, _) = env_with_server();
