@@ -41,20 +41,40 @@ use crate::reload::{self, SetConfig};
 use crate::signals::{Received, Signals};
 use crate::watch::{self, Trigger, WatchConfig};
 
-/// An address that could not be bound at start-up.
+/// An address that could not be bound at start-up. The OS error is part of the message, not
+/// a `source`: printed with its chain (`{:#}`) it would appear twice.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("the admin endpoint cannot listen on {addr}: {source} (port in use? use another address, or turn it off)")]
+    #[error("the admin endpoint cannot listen on {addr}: {error}{}", bind_hint(.error, .addr, "use another address, or turn it off"))]
     Admin {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("listener {name} cannot listen on {addr}: {source} (port in use, or not allowed?)")]
+    #[error("listener {name} cannot listen on {addr}: {error}{}", bind_hint(.error, .addr, ""))]
     Listener {
         name: String,
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+/// What a bind error likely means, and `advice`, in parentheses (empty when neither applies).
+fn bind_hint(error: &std::io::Error, addr: &std::net::SocketAddr, advice: &str) -> String {
+    use std::io::ErrorKind;
+    let why = match error.kind() {
+        ErrorKind::AddrInUse => Some("another socket already listens on this port"),
+        ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            Some("a port below 1024 needs CAP_NET_BIND_SERVICE")
+        }
+        ErrorKind::AddrNotAvailable => Some("no network interface here has this address"),
+        _ => None,
+    };
+    match (why, advice.is_empty()) {
+        (None, true) => String::new(),
+        (None, false) => format!(" ({advice})"),
+        (Some(why), true) => format!(" ({why})"),
+        (Some(why), false) => format!(" ({why}; {advice})"),
+    }
 }
 
 /// The file a configuration came from, for `run --config` (read again when it changes).
@@ -110,7 +130,7 @@ pub async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Result<()>
     if let Listen::On(addr) = admin_addr {
         let socket = admin::bind(addr)
             .await
-            .map_err(|source| BindError::Admin { addr, source })?;
+            .map_err(|error| BindError::Admin { addr, error })?;
         rt.spawn(
             "admin",
             admin::serve(socket, admin_state, rt.cancel.clone()),
@@ -370,10 +390,10 @@ impl Runtime {
             let socket = match from {
                 Some(old) => Socket::From(old.clone()),
                 None => {
-                    Socket::Bound(listener::bind(addr).map_err(|source| BindError::Listener {
+                    Socket::Bound(listener::bind(addr).map_err(|error| BindError::Listener {
                         name: name.clone(),
                         addr,
-                        source,
+                        error,
                     })?)
                 }
             };

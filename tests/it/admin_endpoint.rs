@@ -229,10 +229,13 @@ fn watch_usage_errors_exit_2_and_a_busy_admin_port_exits_1() {
     let addr = busy.local_addr().unwrap().to_string();
     let out = run(env.args("0", &["--admin-listen", &addr]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--admin-listen"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--admin-listen"), "{stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
+    assert_eq!(
+        stderr.matches("os error").count(),
+        1,
+        "the OS error is said more than once: {stderr}"
     );
 }
 

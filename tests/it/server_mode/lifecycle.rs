@@ -46,6 +46,43 @@ fn server_without_an_allow_flag_is_a_usage_error_naming_the_allow_flags() {
 }
 
 #[test]
+fn a_taken_listen_port_is_reported_once_with_the_flag_and_address() {
+    let env = Env::new();
+    let dir = env.dir().display().to_string();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = busy.local_addr().expect("local addr").to_string();
+    let mut cmd = Command::new(bin());
+    cmd.env_remove("RUST_LOG").args([
+        "server",
+        "--cert-dir",
+        &dir,
+        "--listen",
+        &addr,
+        "--target",
+        "127.0.0.1:9",
+        "--allow-all",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let ran = run_bounded(&mut cmd, b"", WAIT);
+    assert_eq!(ran.status.and_then(|s| s.code()), Some(1), "{ran:?}");
+    let error = ran
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {}", ran.stderr));
+    assert!(error.contains("--listen"), "{error}");
+    assert!(error.contains(&addr), "{error}");
+    assert!(error.contains("in use"), "{error}");
+    assert_eq!(
+        error.matches("os error").count(),
+        1,
+        "the OS error is said more than once: {error}"
+    );
+    drop(busy);
+}
+
+#[test]
 fn before_the_first_bundle_handshakes_fail_and_readyz_is_503_until_files_appear() {
     let mut env = Env::new();
     let upstream = HttpUpstream::start();
