@@ -29,7 +29,7 @@ pub async fn connect(target: &Target, timeout: Duration) -> io::Result<Upstream>
     let fut = async {
         match target {
             Target::Tcp(addr) => {
-                let s = TcpStream::connect(addr.as_str()).await?;
+                let s = connect_tcp(addr).await?;
                 s.set_nodelay(true)?;
                 Ok(Upstream::Tcp(s))
             }
@@ -43,6 +43,47 @@ pub async fn connect(target: &Target, timeout: Duration) -> io::Result<Upstream>
             format!("connecting to {target} timed out after {timeout:?}"),
         )),
     }
+}
+
+/// The host name of a target did not resolve: said in those words, not only in the resolver's
+/// (`failed to lookup address information: Name or service not known`). Wrapped in an
+/// `io::Error`; find it with [`crate::proxy::chain::find_in_chain`].
+#[derive(Debug, thiserror::Error)]
+#[error("the name {host} did not resolve: {error}")]
+pub struct NotResolved {
+    pub host: String,
+    /// The resolver's error (part of the message, not a `source`: it would be said twice).
+    error: io::Error,
+}
+
+/// Connects to `addr` (`host:port`): to each address its host resolves to in turn, as
+/// `TcpStream::connect` does, until one accepts; a name that does not resolve is a
+/// [`NotResolved`].
+pub async fn connect_tcp(addr: &str) -> io::Result<TcpStream> {
+    let not_resolved = |error: io::Error| {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        io::Error::new(error.kind(), NotResolved { host, error })
+    };
+    let addrs = match tokio::net::lookup_host(addr).await {
+        Ok(addrs) => addrs,
+        // Not a name that failed to resolve, but no `host:port` at all.
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => return Err(e),
+        Err(e) => return Err(not_resolved(e)),
+    };
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        not_resolved(io::Error::new(io::ErrorKind::NotFound, "it has no address"))
+    }))
 }
 
 impl AsyncRead for Upstream {

@@ -30,7 +30,7 @@ use crate::proxy::http_conn::{
     relay_response, serve_conn, short, strip_hop_by_hop, Body, RequestBody,
 };
 use crate::proxy::io::{
-    connect, Activity, Slotted, TouchBody, Upstream, UpstreamBusy, UpstreamSlots,
+    connect, Activity, NotResolved, Slotted, TouchBody, Upstream, UpstreamBusy, UpstreamSlots,
 };
 use crate::proxy::listener::Shared;
 
@@ -274,10 +274,13 @@ impl Forwarder {
                 }
                 self.shared.metrics.upstream_failures.inc();
                 warn!(target = %cfg.target, error = %error_chain(&e), "upstream request failed");
-                short(
-                    StatusCode::BAD_GATEWAY,
-                    "bad gateway: the upstream app did not answer",
-                )
+                // The client is told what kind of failure, not the target's name (the log has it).
+                let body = if find_in_chain::<NotResolved>(&e).is_some() {
+                    "bad gateway: the upstream app's host name did not resolve"
+                } else {
+                    "bad gateway: the upstream app did not answer"
+                };
+                short(StatusCode::BAD_GATEWAY, body)
             }
             Err(_) => {
                 self.shared.metrics.upstream_failures.inc();

@@ -16,7 +16,7 @@ use tracing::debug;
 use super::refusal::refuses_certificate;
 use crate::proxy::config::ListenerConfig;
 use crate::proxy::handshake::HandshakeFailure;
-use crate::proxy::io::UpstreamBusy;
+use crate::proxy::io::{connect_tcp, UpstreamBusy};
 use crate::tls::PinMismatch;
 
 /// Where and as whom the upstream is reached; fixed at start-up.
@@ -86,7 +86,7 @@ pub async fn connect(
     cfg: &ListenerConfig,
 ) -> Result<TlsStream<TcpStream>, UpstreamError> {
     let addr = remote.addr.clone();
-    let tcp = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&addr)).await {
+    let tcp = match tokio::time::timeout(cfg.connect_timeout, connect_tcp(&addr)).await {
         Ok(Ok(t)) => t,
         Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
         Err(_) => {

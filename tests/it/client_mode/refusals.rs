@@ -293,6 +293,26 @@ fn unreachable_upstream_fails_promptly_as_connect_failed() {
 }
 
 #[test]
+fn a_target_name_that_does_not_resolve_is_said_so() {
+    let pods = Pods::new();
+    let target = "no-such-host.invalid:443";
+    for protocol in MODES {
+        let client = Client::start_ready(&pods.client_dir(), protocol, target, &[]);
+        assert_refused(&client, protocol, "connect_failed");
+        let said = "the name no-such-host.invalid did not resolve";
+        if protocol == "http" {
+            let body = client.fetch("/").expect("a 502").body_text();
+            assert!(body.contains(said), "{body}");
+        }
+        assert!(
+            client.wait_until(WAIT, || client.log().contains(said)),
+            "{protocol}: the log does not say the name did not resolve:\n{}",
+            client.log()
+        );
+    }
+}
+
+#[test]
 fn upstream_silent_past_idle_timeout_answers_504() {
     let chain = chain("http", &["--idle-timeout", "1s"]);
     // The upstream would answer 200 after 5 s: a 504 is the 1 s timeout at work.

@@ -331,6 +331,27 @@ fn unreachable_upstream_answers_502_and_is_counted() {
     );
 }
 
+#[test]
+fn a_target_name_that_does_not_resolve_is_said_so_not_that_the_app_did_not_answer() {
+    let (env, _) = env_with_server();
+    let sc = start_ready(&env, "http", "no-such-host.invalid:8080", &["--allow-all"]);
+    let resp = client_for(&env, &env.pki.client())
+        .get(sc.listen_addr(), "/")
+        .expect("an HTTP answer even when the target does not resolve");
+    assert_eq!(resp.status, 502, "{}", resp.body_text());
+    assert_eq!(
+        resp.body_text().trim_end(),
+        "bad gateway: the upstream app's host name did not resolve"
+    );
+    assert!(
+        sc.wait_until(WAIT, || sc
+            .log()
+            .contains("the name no-such-host.invalid did not resolve")),
+        "{}",
+        sc.log()
+    );
+}
+
 /// What bounds the wait for a slow upstream is `--idle-timeout` (the contract has no separate
 /// upstream response timeout).
 #[test]
