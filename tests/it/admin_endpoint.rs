@@ -252,3 +252,36 @@ fn sidecar_guard_reports_a_missing_volume_as_not_ready() {
     assert_eq!(sc.generation(), 0);
     assert_eq!(sc.set()["serial"], serde_json::Value::Null);
 }
+
+/// `/metrics` is OpenMetrics text (which Prometheus scrapes), and the README says so.
+#[test]
+fn metrics_are_openmetrics_text_as_the_readme_says() {
+    let (env, _) = Env::with_first(TestPki::server);
+    let sc = env.start("0", &[]);
+    assert!(sc.wait_until(WAIT, || sc.generation() == 1), "{}", sc.log());
+    let mut resp = ureq::get(&format!("http://{}/metrics", sc.admin_addr()))
+        .call()
+        .expect("GET /metrics");
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
+    let body = resp.body_mut().read_to_string().expect("body");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("- `GET /metrics`:"))
+        .expect("README describes GET /metrics");
+    assert!(
+        line.contains("OpenMetrics text") && !line.contains("Prometheus text"),
+        "README: {line}"
+    );
+}
