@@ -102,7 +102,7 @@ pub fn parse_error(path: &Path, lines: &KeyLines, text: &str, e: &ParseError) ->
             top_level_keys()
         ),
         (Some(key), Some(message)) => format!("{at}: {key}: {message}"),
-        _ => format!("{at}: {}", parser_words(e)),
+        _ => format!("{at}: {}", parser_words(e, place.map(|(line, _)| line))),
     }
 }
 
@@ -183,7 +183,7 @@ fn top_level_keys() -> String {
 /// The first line of the parser's message (the rest is a source excerpt), without its own
 /// `error: line L column C:` prefix (the line is said once, first) and without advice meant for
 /// the parser's API rather than for whoever edits the file.
-fn parser_words(e: &ParseError) -> String {
+fn parser_words(e: &ParseError, line: Option<usize>) -> String {
     let message = e.to_string();
     let first = message.lines().next().unwrap_or_default().trim();
     let first = first.strip_prefix("error: ").unwrap_or(first);
@@ -191,8 +191,41 @@ fn parser_words(e: &ParseError) -> String {
         Some((place, rest)) if place.starts_with("line ") => rest,
         _ => first,
     };
+    let message = without_line(message, line);
     match message.split_once(", set DuplicateKeyPolicy") {
         Some((dup, _)) => format!("{dup} (each key may appear once in a mapping)"),
-        None => message.to_string(),
+        None => message,
+    }
+}
+
+/// `message` without the parser's own ` at line L, column C` when `FILE:L:` says the line
+/// already: ` at column C` is left.
+fn without_line(message: &str, line: Option<usize>) -> String {
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let (Some(line), Some(at)) = (line, message.rfind(" at line ")) {
+        if let Some((l, column)) = message[at + " at line ".len()..].split_once(", column ") {
+            if number(l) && number(column) && l.parse() == Ok(line) {
+                return format!("{} at column {column}", &message[..at]);
+            }
+        }
+    }
+    message.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_line;
+
+    #[test]
+    fn the_parsers_line_is_dropped_when_ours_says_it() {
+        let tab = "tabs disallowed within this context (block indentation) at line 2, column 2";
+        assert_eq!(
+            without_line(tab, Some(2)),
+            "tabs disallowed within this context (block indentation) at column 2"
+        );
+        // Another line, or no line of ours: the parser's words stay as they are.
+        assert_eq!(without_line(tab, Some(3)), tab);
+        assert_eq!(without_line(tab, None), tab);
+        assert_eq!(without_line("unclosed quote", Some(4)), "unclosed quote");
     }
 }

@@ -114,6 +114,9 @@ fn refusal_problem(file: &Path, ran: &Ran, errors: &[Expect]) -> Option<String> 
         return Some(format!("expected nothing on stdout, got {:?}", ran.stdout));
     }
     let lines = error_lines(ran);
+    if let Some(twice) = lines.iter().find(|l| l.contains(" at line ")) {
+        return Some(format!("the line is said twice: {twice}"));
+    }
     if lines.len() != errors.len() {
         return Some(format!(
             "expected {} error line(s), got {}",
@@ -744,7 +747,7 @@ sets:
 \ts:
     cert-dir: /etc/tls
 ",
-        errors: &[at(3, "", &["tabs"])],
+        errors: &[at(3, "", &["tabs", "at column "])],
     },
     Case {
         what: "a key given twice",
