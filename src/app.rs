@@ -86,6 +86,10 @@ pub struct ConfigFile {
     /// The SHA-256 of the text last read (applied or refused): an event that leaves the file
     /// as it was is not a new configuration.
     seen: [u8; 32],
+    /// The pending refusal: the text's SHA-256 (zeros if none could be read) and the message.
+    /// The same again (a poll re-trying a text that failed for a reason outside the file,
+    /// SIGHUP) is not reported again.
+    refused: Option<([u8; 32], String)>,
 }
 
 impl ConfigFile {
@@ -95,6 +99,7 @@ impl ConfigFile {
             path,
             raw,
             seen: Sha256::digest(text.as_bytes()).into(),
+            refused: None,
         }
     }
 }
@@ -118,6 +123,7 @@ pub async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Result<()>
         drains: TaskTracker::new(),
         cancel: CancellationToken::new(),
         sets: BTreeMap::new(),
+        candidates: BTreeMap::new(),
         listeners: BTreeMap::new(),
         watches: Vec::new(),
         grace: config.shutdown_grace,
@@ -222,6 +228,11 @@ struct Runtime {
     /// Cancels every task.
     cancel: CancellationToken,
     sets: BTreeMap<String, SetRun>,
+    /// The store of each new or changed set that had no valid credentials when a configuration
+    /// was refused, by name, with the set's fingerprint: the next try of that set (the same text
+    /// at the next poll) reads into it again, so a refusal it already reported is not reported
+    /// again.
+    candidates: BTreeMap<String, (String, Arc<Store>)>,
     listeners: BTreeMap<String, ListenerRun>,
     watches: Vec<WatchRun>,
     grace: Duration,
@@ -317,6 +328,7 @@ impl Runtime {
                 .map(|l| (&l.cfg.name, &l.fingerprint)),
         );
         let sockets = self.sockets(&config.listeners, &stopping)?;
+        self.candidates.clear();
         let served_before = self.replace_sets(&config.sets, stores);
         self.replace_listeners(config.listeners, stopping, sockets)
             .await;
@@ -331,7 +343,7 @@ impl Runtime {
     /// A store for every new or changed set. After start-up each one reads and validates its
     /// files first: a set with no valid credentials refuses the whole configuration.
     async fn load_sets(
-        &self,
+        &mut self,
         sets: &[SetPlan],
         initial: bool,
     ) -> anyhow::Result<BTreeMap<String, Arc<Store>>> {
@@ -345,7 +357,10 @@ impl Runtime {
             {
                 continue;
             }
-            let store = Store::new(name.clone());
+            let store = match self.candidates.remove(name) {
+                Some((fingerprint, store)) if fingerprint == plan.fingerprint => store,
+                _ => Store::new(name.clone()),
+            };
             // Every series of the set at zero, so rate() and increase() work from the start.
             self.metrics.init_set(name);
             if !initial {
@@ -362,6 +377,8 @@ impl Runtime {
                     let why = store
                         .last_error()
                         .map_or_else(|| "no credentials".to_string(), |e| e.message);
+                    self.candidates
+                        .insert(name.clone(), (plan.fingerprint.clone(), store));
                     anyhow::bail!("set {name:?} has no valid credentials: {why}");
                 }
             }
@@ -701,19 +718,19 @@ impl Runtime {
     /// A text already seen is looked at again only when `asked` (SIGHUP): other events in the
     /// directory (a sibling file, a swap to the same content) are not a new configuration.
     async fn reload_config(&mut self, file: &mut ConfigFile, asked: bool) {
-        let refuse = |rt: &Runtime, message: String| {
-            events::config_refused(&rt.metrics, &file.path, &message);
-            if let Some(mut status) = rt.admin.config() {
-                status.last_error = Some((message, SystemTime::now()));
-                rt.admin.set_config(status);
-            }
-        };
         let path = file.path.clone();
         // A blocking read (a hung volume) must not stall the runtime's other work.
         let text = match tokio::task::spawn_blocking(move || config::read_text(&path)).await {
             Ok(Ok(text)) => text,
-            Ok(Err(e)) => return refuse(self, e.to_string()),
-            Err(e) => return refuse(self, format!("reading the file failed: {e}")),
+            // Nothing was read: whatever is read next is looked at.
+            Ok(Err(e)) => {
+                file.seen = [0; 32];
+                return self.refuse_config(file, [0; 32], e.to_string());
+            }
+            Err(e) => {
+                file.seen = [0; 32];
+                return self.refuse_config(file, [0; 32], format!("reading the file failed: {e}"));
+            }
         };
         let seen: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         if seen == file.seen && !asked {
@@ -722,11 +739,12 @@ impl Runtime {
         file.seen = seen;
         let (raw, mut config) = match config::load(&text, &file.path) {
             Ok(loaded) => loaded,
-            Err(e) => return refuse(self, e.to_string()),
+            Err(e) => return self.refuse_config(file, seen, e.to_string()),
         };
         if raw == file.raw {
             events::config_unchanged(&self.metrics, &file.path);
             // Back to what runs (e.g. a broken edit reverted): nothing is wrong any more.
+            file.refused = None;
             if let Some(mut status) = self.admin.config().filter(|s| s.last_error.is_some()) {
                 status.last_error = None;
                 self.admin.set_config(status);
@@ -734,7 +752,7 @@ impl Runtime {
             return;
         }
         match limits::raise_nofile().map(|n| limits::fit_config(&mut config, n)) {
-            Ok(Err(e)) => return refuse(self, e.to_string()),
+            Ok(Err(e)) => return self.refuse_config(file, seen, e.to_string()),
             Ok(Ok(fitted)) => report_fitted(&fitted),
             Err(_) => {}
         }
@@ -742,9 +760,10 @@ impl Runtime {
             // What was wrong is outside the file (a port in use, credentials not there yet):
             // the same text is tried again at the next event or poll.
             file.seen = [0; 32];
-            return refuse(self, format!("{e:#}"));
+            return self.refuse_config(file, seen, format!("{e:#}"));
         }
         file.raw = raw;
+        file.refused = None;
         let generation = self.admin.config().map_or(1, |c| c.generation) + 1;
         self.admin.set_config(ConfigStatus {
             path: file.path.clone(),
@@ -753,6 +772,22 @@ impl Runtime {
             last_error: None,
         });
         events::config_applied(&self.metrics, &file.path, generation, &digest(&file.raw));
+    }
+
+    /// Reports a refused configuration (the text's SHA-256, zeros if none was read), unless it
+    /// is the pending refusal again: the same text refused with the same message.
+    fn refuse_config(&self, file: &mut ConfigFile, text: [u8; 32], message: String) {
+        let refusal = (text, message);
+        if file.refused.as_ref() == Some(&refusal) {
+            events::config_still_refused(&file.path);
+            return;
+        }
+        events::config_refused(&self.metrics, &file.path, &refusal.1);
+        if let Some(mut status) = self.admin.config() {
+            status.last_error = Some((refusal.1.clone(), SystemTime::now()));
+            self.admin.set_config(status);
+        }
+        file.refused = Some(refusal);
     }
 
     /// SIGTERM: not ready, stop accepting everywhere, let open connections finish for up to

@@ -84,7 +84,8 @@ pub(crate) fn reload_refused(
         result = "failure",
         reason = reason.as_str(),
         error = message,
-        "credentials refused; keeping the last good ones"
+        "credentials refused; {}",
+        kept(current.is_some())
     );
     m.reloads
         .get_or_create(&SetResultLabels {
@@ -100,14 +101,35 @@ pub(crate) fn reload_refused(
         .inc();
 }
 
+/// The same refusal as the last one (the same files, or the same read error, and nothing
+/// published since): already logged and counted, so neither again.
+pub(crate) fn reload_still_refused(set: &str, reason: Reason, content: bool) {
+    let same = if content { "content" } else { "error" };
+    debug!(
+        set,
+        reason = reason.as_str(),
+        "credentials still refused: same {same} as before"
+    );
+}
+
+/// What a refusal leaves served, for its log line.
+fn kept(serving: bool) -> &'static str {
+    if serving {
+        "keeping the last good ones"
+    } else {
+        "nothing served yet"
+    }
+}
+
 /// Our own failure while reloading: counted as a failed reload, without a reason code.
-pub(crate) fn reload_internal(m: &Metrics, set: &str, message: &str) {
+pub(crate) fn reload_internal(m: &Metrics, set: &str, message: &str, serving: bool) {
     error!(
         set,
         result = "failure",
         reason = "internal",
         error = message,
-        "credentials not reloaded; keeping the last good ones"
+        "credentials not reloaded; {}",
+        kept(serving)
     );
     m.reloads
         .get_or_create(&SetResultLabels {
@@ -150,6 +172,12 @@ pub(crate) fn config_refused(m: &Metrics, path: &std::path::Path, message: &str)
     m.config_reloads
         .get_or_create(&ResultLabels { result: "failure" })
         .inc();
+}
+
+/// The `run --config` file was refused again with the same text and message: already logged
+/// and counted, so neither again.
+pub(crate) fn config_still_refused(path: &std::path::Path) {
+    debug!(path = %path.display(), "configuration still refused: same text and error as before");
 }
 
 /// The `run --config` file was read again and has not changed.

@@ -1,7 +1,7 @@
 //! The reload task of one credential set: on every trigger, read one consistent snapshot,
 //! skip it if the content is what is served, validate it, and hand the result to the store;
 //! every outcome is reported here (logged and counted by `crate::events`), inside a
-//! `reload{set}` span. An update that may still be half-written (files read outside one kubelet
+//! `reload{set}` span; a refusal once per distinct refused content (see [`Report`]). An update that may still be half-written (files read outside one kubelet
 //! `..data` generation: plain files rewritten in place, or a pair from two volumes updated at
 //! different moments) is retried briefly before it counts as a failure; one read through a
 //! single stable generation is judged at once. A certificate refused as not yet valid (a node
@@ -21,7 +21,7 @@ use tracing::{debug, info_span, Instrument};
 use crate::creds::load::LoadError;
 use crate::creds::paths::CredentialPaths;
 use crate::creds::snapshot::read_snapshot;
-use crate::creds::store::{Refusal, Store};
+use crate::creds::store::{Refusal, Refused, Store};
 use crate::creds::validate::{validate, Bundle, CertFacts, Policy, ValidateError};
 use crate::events;
 use crate::metrics::Metrics;
@@ -194,7 +194,7 @@ pub async fn reload_once(set: &SetConfig, report: &Report<'_>) -> Next {
             continue;
         }
         let leaf = rejection.facts.leaf.as_ref();
-        report.refused(e, leaf);
+        report.refused(e, leaf, hash);
         // Only the leaf's start is known to end the refusal (a CA that is early is not
         // rescheduled: its start is not in the leaf's facts).
         return (e.reason() == Reason::NotYetValid)
@@ -235,7 +235,10 @@ fn is_transient_load(e: &LoadError) -> bool {
     )
 }
 
-/// Every outcome of a reload, recorded in the store and reported (logged and counted) once.
+/// Every outcome of a reload, recorded in the store and reported (logged and counted) once. A
+/// refusal the same as the pending one (the same files refused for the same reason, or the same
+/// read error, with nothing published or cleared in between: a second event of one `..data`
+/// swap, a poll, a re-watch) is not reported again; `/status` keeps the first one's `at`.
 pub struct Report<'a> {
     pub store: &'a Store,
     pub metrics: &'a Metrics,
@@ -254,7 +257,15 @@ impl Report<'_> {
         events::reload_unchanged(self.metrics, self.set);
     }
 
-    fn refused(&self, e: &ValidateError, leaf: Option<&CertFacts>) {
+    fn refused(&self, e: &ValidateError, leaf: Option<&CertFacts>, hash: [u8; 32]) {
+        let about = Refused::Content {
+            hash,
+            reason: e.reason(),
+        };
+        if self.store.refused_already(&about) {
+            events::reload_still_refused(self.set, e.reason(), true);
+            return;
+        }
         let message = e.to_string();
         let current = self.store.load();
         events::reload_refused(
@@ -265,7 +276,8 @@ impl Report<'_> {
             current.as_deref(),
             leaf,
         );
-        self.store.refuse(Refusal::Rejected(e.reason()), message);
+        self.store
+            .refuse(Refusal::Rejected(e.reason()), message, Some(about));
     }
 
     fn load_failed(&self, e: LoadError) {
@@ -277,6 +289,14 @@ impl Report<'_> {
             }
             return;
         }
+        let about = Refused::Unread {
+            reason,
+            message: message.clone(),
+        };
+        if self.store.refused_already(&about) {
+            events::reload_still_refused(self.set, reason, false);
+            return;
+        }
         let current = self.store.load();
         events::reload_refused(
             self.metrics,
@@ -286,13 +306,15 @@ impl Report<'_> {
             current.as_deref(),
             None,
         );
-        self.store.refuse(Refusal::Rejected(reason), message);
+        self.store
+            .refuse(Refusal::Rejected(reason), message, Some(about));
     }
 
     fn internal(&self, what: &str) {
         let message = format!("internal error while {what} (please report it)");
-        events::reload_internal(self.metrics, self.set, &message);
-        self.store.refuse(Refusal::Internal, message);
+        let serving = self.store.load().is_some();
+        events::reload_internal(self.metrics, self.set, &message, serving);
+        self.store.refuse(Refusal::Internal, message, None);
     }
 }
 
@@ -423,6 +445,86 @@ mod tests {
         ] {
             assert!(text.contains(series), "{series} missing:\n{text}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_refused_files_are_reported_once_until_something_is_published() {
+        let ca = crate::test_pki::TestCa::new();
+        let (a, b, good) = (ca.server(), ca.server(), ca.server());
+        let tmp = tempfile::tempdir().unwrap();
+        let write = |cert: &crate::test_pki::TestLeaf, key: &crate::test_pki::TestLeaf| {
+            let files: [(&str, &[u8]); 3] = [
+                ("tls.crt", cert.cert_pem.as_bytes()),
+                ("tls.key", key.key_pem.as_bytes()),
+                ("ca.crt", ca.pem.as_bytes()),
+            ];
+            crate::atomic_dir::write_generation(tmp.path(), &files).unwrap();
+        };
+        let set = SetConfig {
+            name: "t".into(),
+            paths: CredentialPaths::resolve(Some(tmp.path()), None, None, None, None).unwrap(),
+            policy: Policy::default(),
+        };
+        let (store, metrics) = (Store::new("t"), Metrics::new());
+        metrics.init_set("t");
+        let report = Report {
+            store: &store,
+            metrics: &metrics,
+            set: "t",
+        };
+        let failures = || {
+            let series = r#"mtls_sidecar_reloads_total{set="t",result="failure"} "#;
+            let text = metrics.encode();
+            text.lines()
+                .find_map(|l| l.strip_prefix(series))
+                .map(|n| n.trim().to_string())
+                .unwrap_or_else(|| panic!("no {series}in\n{text}"))
+        };
+        let refused_at = || store.last_error().expect("refused").at;
+        // Nothing served yet, a mismatched pair: refused once, however often it is read.
+        write(&a, &b);
+        reload_once(&set, &report).await;
+        assert_eq!(failures(), "1");
+        let first = refused_at();
+        reload_once(&set, &report).await;
+        reload_once(&set, &report).await;
+        assert_eq!(failures(), "1", "the same files counted again");
+        assert_eq!(refused_at(), first, "last_error stays the first refusal");
+        // The same files in a new generation are still the same content.
+        write(&a, &b);
+        reload_once(&set, &report).await;
+        assert_eq!(failures(), "1");
+        // Other bad files: news.
+        write(&b, &a);
+        reload_once(&set, &report).await;
+        assert_eq!(failures(), "2");
+        // The first bad files again: news too (not the last refused).
+        write(&a, &b);
+        reload_once(&set, &report).await;
+        assert_eq!(failures(), "3");
+        // A publish in between: the same bad files again are a new refusal.
+        write(&good, &good);
+        reload_once(&set, &report).await;
+        assert_eq!(store.load().map(|p| p.generation), Some(1));
+        write(&a, &b);
+        reload_once(&set, &report).await;
+        reload_once(&set, &report).await;
+        assert_eq!(failures(), "4");
+        // Back to what is served (the refusal clears), then the same bad files: again news.
+        write(&good, &good);
+        reload_once(&set, &report).await;
+        assert!(store.last_error().is_none());
+        write(&a, &b);
+        reload_once(&set, &report).await;
+        assert_eq!(failures(), "5");
+        // Files that cannot be read: the same error once too.
+        std::fs::remove_file(tmp.path().join("..data").join("tls.key")).unwrap();
+        for _ in 0..3 {
+            reload_once(&set, &report).await;
+        }
+        assert_eq!(failures(), "6");
+        let missing = r#"mtls_sidecar_reload_failures_total{set="t",reason="missing_file"} 1"#;
+        assert!(metrics.encode().contains(missing), "{}", metrics.encode());
     }
 
     fn mismatch() -> ValidateError {

@@ -1,8 +1,9 @@
 //! The credential store of one set: the only writer of what is served, and nothing else. It
 //! holds the served bundle (one `ArcSwap` load to read it, no lock), numbers publishes, tells
 //! subscribers (listeners, actions) through a `watch` channel, and remembers why the last update
-//! was refused. It neither logs nor counts: the reload task reports every outcome
-//! (`crate::events`). A refused update keeps the last good bundle.
+//! was refused, and what it was about (so the same refusal again is not news). It neither logs
+//! nor counts: the reload task reports every outcome (`crate::events`). A refused update keeps
+//! the last good bundle.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -62,13 +63,31 @@ pub struct LastError {
     pub at: SystemTime,
 }
 
+/// What a refusal was about: the same again, with nothing published or cleared in between, is
+/// the same refusal (reported once), not a new one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Files read and refused: the SHA-256 over their contents (never the contents: a key
+    /// file's bytes are the private key) and the reason.
+    Content { hash: [u8; 32], reason: Reason },
+    /// Files that could not be read: the reason and the message.
+    Unread { reason: Reason, message: String },
+}
+
+/// The pending refusal.
+struct Pending {
+    error: LastError,
+    /// `None`: not to be told apart from another (waiting for files, an internal error).
+    about: Option<Refused>,
+}
+
 /// One credential set's served state.
 pub struct Store {
     set: String,
     current: ArcSwapOption<Published>,
     generation: watch::Sender<u64>,
     /// Written by the set's reload task, read by `/status`; never touched on a connection path.
-    last_error: Mutex<Option<LastError>>,
+    last_error: Mutex<Option<Pending>>,
 }
 
 impl Store {
@@ -96,7 +115,15 @@ impl Store {
     }
 
     pub fn last_error(&self) -> Option<LastError> {
-        self.lock_last_error().clone()
+        self.lock_last_error().as_ref().map(|p| p.error.clone())
+    }
+
+    /// True if the pending refusal is about `about`: refused already, and nothing was published
+    /// or cleared since.
+    pub fn refused_already(&self, about: &Refused) -> bool {
+        self.lock_last_error()
+            .as_ref()
+            .is_some_and(|p| p.about.as_ref() == Some(about))
     }
 
     /// True if `hash` is the content served now.
@@ -121,12 +148,15 @@ impl Store {
         Publish { old, new }
     }
 
-    /// Records a refused update; the served bundle stays.
-    pub fn refuse(&self, reason: Refusal, message: String) {
-        *self.lock_last_error() = Some(LastError {
-            reason,
-            message,
-            at: SystemTime::now(),
+    /// Records a refused update (about what, if it can be told apart); the served bundle stays.
+    pub fn refuse(&self, reason: Refusal, message: String, about: Option<Refused>) {
+        *self.lock_last_error() = Some(Pending {
+            error: LastError {
+                reason,
+                message,
+                at: SystemTime::now(),
+            },
+            about,
         });
     }
 
@@ -139,16 +169,19 @@ impl Store {
     /// true if this is news (another message than the one recorded), so it is worth a log line.
     pub fn waiting(&self, reason: Reason, message: String) -> bool {
         let mut last = self.lock_last_error();
-        let news = last.as_ref().is_none_or(|e| e.message != message);
-        *last = Some(LastError {
-            reason: Refusal::Rejected(reason),
-            message,
-            at: SystemTime::now(),
+        let news = last.as_ref().is_none_or(|p| p.error.message != message);
+        *last = Some(Pending {
+            error: LastError {
+                reason: Refusal::Rejected(reason),
+                message,
+                at: SystemTime::now(),
+            },
+            about: None,
         });
         news
     }
 
-    fn lock_last_error(&self) -> std::sync::MutexGuard<'_, Option<LastError>> {
+    fn lock_last_error(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
         // A panic while holding this lock cannot leave the Option half-written; keep going.
         self.last_error.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -178,7 +211,7 @@ mod tests {
     fn publishing_numbers_generations_notifies_and_clears_the_refusal() {
         let store = Store::new("t");
         let mut rx = store.subscribe();
-        store.refuse(Refusal::Rejected(Reason::KeyMismatch), "no".into());
+        store.refuse(Refusal::Rejected(Reason::KeyMismatch), "no".into(), None);
         let (b1, b2) = (bundle(), bundle());
         let (h1, h2) = (b1.content_hash(), b2.content_hash());
         let first = store.publish(b1);
@@ -201,11 +234,62 @@ mod tests {
         assert!(store.waiting(Reason::MissingFile, "no tls.crt".into()));
         assert!(!store.waiting(Reason::MissingFile, "no tls.crt".into()));
         assert!(store.waiting(Reason::MissingFile, "no tls.key".into()));
-        store.refuse(Refusal::Internal, "bug".into());
+        store.refuse(Refusal::Internal, "bug".into(), None);
         let e = store.last_error().expect("recorded");
         assert_eq!(e.reason.as_str(), "internal");
         store.clear_error();
         assert!(store.last_error().is_none());
         assert!(store.load().is_none(), "refusals never serve anything");
+    }
+
+    #[test]
+    fn a_refusal_is_the_same_until_something_else_is_refused_published_or_cleared() {
+        let store = Store::new("t");
+        let content = |byte, reason| Refused::Content {
+            hash: [byte; 32],
+            reason,
+        };
+        let (a, b) = (
+            content(1, Reason::KeyMismatch),
+            content(2, Reason::KeyMismatch),
+        );
+        let refuse = |about: &Refused| {
+            store.refuse(
+                Refusal::Rejected(Reason::KeyMismatch),
+                "no".into(),
+                Some(about.clone()),
+            )
+        };
+        assert!(!store.refused_already(&a));
+        refuse(&a);
+        assert!(store.refused_already(&a));
+        assert!(!store.refused_already(&b));
+        assert!(
+            !store.refused_already(&content(1, Reason::Expired)),
+            "the same files refused for another reason"
+        );
+        refuse(&b);
+        assert!(!store.refused_already(&a), "only the last refusal counts");
+        refuse(&a);
+        store.clear_error();
+        assert!(!store.refused_already(&a));
+        refuse(&a);
+        store.publish(bundle());
+        assert!(!store.refused_already(&a));
+        refuse(&a);
+        assert!(store.waiting(Reason::MissingFile, "no tls.crt".into()));
+        assert!(!store.refused_already(&a));
+        let unread = Refused::Unread {
+            reason: Reason::MissingFile,
+            message: "no tls.crt".into(),
+        };
+        store.refuse(
+            Refusal::Rejected(Reason::MissingFile),
+            "no tls.crt".into(),
+            Some(unread.clone()),
+        );
+        assert!(store.refused_already(&unread));
+        store.refuse(Refusal::Internal, "bug".into(), None);
+        assert!(!store.refused_already(&unread));
     }
 }

@@ -10,8 +10,10 @@
 //! - `swaps`: kubelet's own updates (s01-s05, s10, s11)
 //! - `non_kubelet`: other writers and broken volumes (s06-s09, s16-s19)
 //! - `watcher`: watch mechanics: overflow, file watch, re-watch, startup (s12-s15, s20)
+//! - `refused_once`: a bad update is reported once, however many events and polls read it
 
 mod non_kubelet;
+mod refused_once;
 mod swaps;
 mod watcher;
 

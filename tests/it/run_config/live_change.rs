@@ -833,3 +833,57 @@ fn a_set_pointed_at_a_directory_without_credentials_is_refused() {
     let failures = traffic.finish();
     assert!(failures.is_empty(), "{failures:#?}\n{}", sc.log());
 }
+
+/// A change the running set cannot take (its new `cert-dir` has no credentials, then bad ones)
+/// is tried again at each poll, but each refusal is reported once: one `configuration refused`
+/// line and `result="failure"` per text and error, one `waiting for credentials` line, the bad
+/// credentials counted once in the set's `reloads_total{result="failure"}`.
+#[test]
+fn a_set_change_retried_at_each_poll_is_refused_once() {
+    let mut pod = Pod::new();
+    let (secret, app) = (pod.secret.dir().to_path_buf(), pod.app.addr());
+    let a = listener_yaml("a", "127.0.0.1:0", &app, "web-app");
+    let sc = pod.start(&config_yaml(&secret, &[&a]), &["a"]);
+    let set_failures =
+        |sc: &Sidecar| sc.counter(r#"mtls_sidecar_reloads_total{set="id",result="failure"}"#);
+
+    let empty = pod.tmp.path().join("not-mounted");
+    pod.write_config(&config_yaml(&empty, &[&a]));
+    let refused = sc.wait_until(WAIT, || reloads(&sc, "failure") >= 1.0);
+    assert!(refused, "{}", sc.log());
+    let at = config_status(&sc)["last_error"]["at"].clone();
+    assert!(at.is_string(), "{:#}", config_status(&sc));
+    std::thread::sleep(A_FEW_POLLS);
+    assert_eq!(reload_counts(&sc), (0.0, 1.0, 0.0), "{}", sc.metrics());
+    assert_eq!(refusals(&sc).len(), 1, "{:#?}", refusals(&sc));
+    let waiting = log_lines(&sc, "waiting for credentials to appear");
+    assert_eq!(waiting.len(), 1, "{waiting:#?}");
+    assert_eq!(config_status(&sc)["last_error"]["at"], at);
+
+    // Another directory, holding a key that does not match the certificate.
+    let mut bad = KubeletVolume::new(pod.tmp.path().join("bad"));
+    let mut files = tls_files(&pod.pki.server(), &pod.pki.root.cert_pem);
+    files[1].1 = pod.pki.server().key_pkcs8_pem.into_bytes();
+    bad.write(&files);
+    pod.write_config(&config_yaml(bad.dir(), &[&a]));
+    let refused = sc.wait_until(WAIT, || reloads(&sc, "failure") >= 2.0);
+    assert!(refused, "{}", sc.log());
+    std::thread::sleep(A_FEW_POLLS);
+    assert_eq!(reload_counts(&sc), (0.0, 2.0, 0.0), "{}", sc.metrics());
+    let logged = refusals(&sc);
+    assert_eq!(logged.len(), 2, "{logged:#?}");
+    assert!(logged[1].contains("key"), "{}", logged[1]);
+    assert_eq!(set_failures(&sc), 1.0, "{}", sc.metrics());
+    assert_eq!(sc.set_named("id")["serial"], pod.server.serial_hex.as_str());
+
+    // Fixed in place: the same text is tried again and applies.
+    let mounted = pod.pki.server();
+    bad.write(&tls_files(&mounted, &pod.pki.root.cert_pem));
+    wait_generation(&sc, 2);
+    let served = sc.wait_until(WAIT, || {
+        sc.set_named("id")["serial"] == mounted.serial_hex.as_str()
+    });
+    assert!(served, "{}", sc.log());
+    assert!(config_status(&sc)["last_error"].is_null());
+    assert_eq!(reload_counts(&sc), (1.0, 2.0, 0.0), "{}", sc.metrics());
+}
