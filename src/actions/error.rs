@@ -81,7 +81,7 @@ pub enum SignalError {
     Pid1 { pid: i32 },
     #[error("process {pid} is gone (it exited or was restarted); will retry")]
     Gone { pid: i32 },
-    #[error("not permitted to signal process {pid}: run the sidecar with the app's UID, or add the CAP_KILL capability (securityContext.capabilities.add: [KILL])")]
+    #[error("not permitted to signal process {pid}: run the sidecar with the app's UID (securityContext.runAsUser); an added CAP_KILL capability helps only a sidecar running as root (a non-root container does not get it in its effective set)")]
     NotPermitted { pid: i32 },
     #[error("process {pid} is no longer {name:?}; will retry")]
     Changed { pid: i32, name: String },
@@ -391,7 +391,7 @@ mod tests {
         let text = |e: ActionError| e.to_string();
         assert_eq!(
             text(SignalError::from_errno(7, io::Error::from_raw_os_error(nix::libc::EPERM)).into()),
-            "not permitted to signal process 7: run the sidecar with the app's UID, or add the CAP_KILL capability (securityContext.capabilities.add: [KILL])"
+            "not permitted to signal process 7: run the sidecar with the app's UID (securityContext.runAsUser); an added CAP_KILL capability helps only a sidecar running as root (a non-root container does not get it in its effective set)"
         );
         assert_eq!(
             text(SignalError::from_errno(7, io::Error::from_raw_os_error(nix::libc::ESRCH)).into()),
