@@ -238,16 +238,7 @@ async fn verify_with_retries(
             outcome = action.run(store.set(), published) => outcome,
             _ = newer => return,
         };
-        crate::events::action_done(
-            metrics,
-            store.set(),
-            action.name(),
-            published.generation,
-            match &outcome {
-                Ok(detail) => Ok(detail),
-                Err(e) => Err((e.reason(), e)),
-            },
-        );
+        report(action, store, published, metrics, &outcome);
         let Some(pause) = backoff.next().filter(|_| outcome.is_err()) else {
             return;
         };
@@ -261,6 +252,26 @@ async fn verify_with_retries(
     }
 }
 
+/// Logs and counts one attempt of `action`.
+fn report(
+    action: &Action,
+    store: &Store,
+    published: &Published,
+    metrics: &Metrics,
+    outcome: &Result<ActionOk, ActionError>,
+) {
+    crate::events::action_done(
+        metrics,
+        store.set(),
+        action.name(),
+        published.generation,
+        match outcome {
+            Ok(detail) => Ok(detail),
+            Err(e) => Err((e.reason(), e)),
+        },
+    );
+}
+
 /// Runs `action` until it succeeds, retries run out, or a newer generation is published.
 async fn run_with_retries(
     action: &Action,
@@ -271,16 +282,7 @@ async fn run_with_retries(
     let mut backoff = RETRY_BACKOFF.iter();
     loop {
         let outcome = action.run(store.set(), published).await;
-        crate::events::action_done(
-            metrics,
-            store.set(),
-            action.name(),
-            published.generation,
-            match &outcome {
-                Ok(detail) => Ok(detail),
-                Err(e) => Err((e.reason(), e)),
-            },
-        );
+        report(action, store, published, metrics, &outcome);
         let Some(pause) = backoff.next().filter(|_| outcome.is_err()) else {
             return;
         };
